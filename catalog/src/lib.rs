@@ -1,0 +1,22 @@
+//! The shared model of Sluice: what every other crate agrees on.
+//!
+//! - [`change`]: the change batch, an Arrow `RecordBatch` plus one changelog op per row
+//!   (insert, delete, update-before, update-after), the unit that flows between operators and
+//!   is stored in topics.
+//! - [`table`]: catalog entries for tables (columns, primary key, watermark, `WITH` options) and
+//!   persistent queries (jobs).
+//! - [`store`]: the persistent store under the data directory, one RocksDB instance whose column
+//!   families hold the catalog, the embedded topic logs and operator state, so one atomic write
+//!   batch can commit a checkpoint across all three.
+//! - [`error`]: the crate's error type.
+
+pub mod change;
+pub mod dataflow;
+pub mod error;
+pub mod store;
+pub mod table;
+
+pub use change::{ChangeBatch, Op, OP_COLUMN};
+pub use error::{CatalogError, Result};
+pub use store::Store;
+pub use table::{ColumnDef, JobDef, JobState, TableDef, WatermarkDef};

@@ -1,0 +1,160 @@
+//! Catalog entries: tables and persistent queries (jobs).
+//!
+//! A table's definition is kept as the `CREATE TABLE` text the user wrote plus its parsed form,
+//! so `SHOW CREATE TABLE` returns what was typed and a restart rebuilds the same plan.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CatalogError, Result};
+
+/// One column of a table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ColumnDef {
+    /// Column name, case preserved as declared (unquoted names are lower-cased by the planner).
+    pub name: String,
+    /// The Arrow type, stored in its `Display` form (e.g. `Timestamp(Millisecond, None)`).
+    pub data_type: String,
+    /// False for `NOT NULL` columns and primary-key columns.
+    pub nullable: bool,
+    /// The SQL text of the expression for a computed column (`ts AS TO_TIMESTAMP_LTZ(seq, 3)`):
+    /// computed columns are evaluated when a row is written and stored like other columns.
+    pub computed: Option<String>,
+    /// The type as the user wrote it (`STRING`, `TIMESTAMP(0)`), for `DESCRIBE`.
+    pub sql_type: String,
+}
+
+impl ColumnDef {
+    /// The Arrow data type of the column.
+    pub fn arrow_type(&self) -> Result<DataType> {
+        DataType::from_str(&self.data_type)
+            .map_err(|e| CatalogError::Corrupt(format!("column {}: {e}", self.name)))
+    }
+}
+
+/// A watermark declaration, as Flink's `WATERMARK FOR col AS col - INTERVAL '5' SECOND`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WatermarkDef {
+    /// The event-time column (a timestamp column of the table).
+    pub column: String,
+    /// The watermark expression's SQL text, evaluated per row; the watermark of a partition is
+    /// the largest value seen so far.
+    pub expr: String,
+}
+
+/// A table: a schema over a topic.
+///
+/// With a primary key the topic is an upsert changelog (each write replaces the row with the
+/// same key); without one it is append-only unless a persistent query writes retractions into
+/// it, in which case the table carries that changelog (see README, "Changelogs").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TableDef {
+    /// Table name as the user wrote it (quoted names keep case and dots, e.g. `ORCL.ADMIN.CUSTOMERS`).
+    pub name: String,
+    /// Columns in declaration order, computed columns included.
+    pub columns: Vec<ColumnDef>,
+    /// Primary-key column names (`PRIMARY KEY (...) NOT ENFORCED`), empty when there is none.
+    pub primary_key: Vec<String>,
+    /// The watermark declaration, if any.
+    pub watermark: Option<WatermarkDef>,
+    /// The `WITH (...)` options, keys lower-cased.
+    pub options: BTreeMap<String, String>,
+    /// The statement text as the user sent it.
+    pub create_sql: String,
+    /// Number of partitions of the backing topic (at least 1).
+    pub partitions: u32,
+}
+
+impl TableDef {
+    /// The Arrow schema of the table's rows (without the op column).
+    pub fn schema(&self) -> Result<SchemaRef> {
+        let fields = self
+            .columns
+            .iter()
+            .map(|c| Ok(Field::new(&c.name, c.arrow_type()?, c.nullable)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    /// The Arrow schema of what the topic stores: the columns that are not computed.
+    /// Computed columns are evaluated when the table is read, as in Flink.
+    pub fn physical_schema(&self) -> Result<SchemaRef> {
+        let fields = self
+            .columns
+            .iter()
+            .filter(|c| c.computed.is_none())
+            .map(|c| Ok(Field::new(&c.name, c.arrow_type()?, c.nullable)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    /// True when some column is computed.
+    pub fn has_computed_columns(&self) -> bool {
+        self.columns.iter().any(|c| c.computed.is_some())
+    }
+
+    /// The topic that backs the table: its name.
+    pub fn topic(&self) -> &str {
+        &self.name
+    }
+
+    /// True when the table has a primary key (an upsert table).
+    pub fn is_upsert(&self) -> bool {
+        !self.primary_key.is_empty()
+    }
+
+    /// Index of a column by exact name.
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// The value of the `connector` option, if the table has one (`datagen`, `blackhole`, ...).
+    pub fn connector(&self) -> Option<&str> {
+        self.options.get("connector").map(|s| s.as_str())
+    }
+}
+
+/// Lifecycle of a persistent query.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum JobState {
+    /// Running (or resuming after a restart).
+    Running,
+    /// Stopped by `STOP JOB`; kept in `SHOW JOBS` but never resumed.
+    Stopped,
+    /// Failed with an error; the message is in [`JobDef::error`].
+    Failed,
+}
+
+impl JobState {
+    /// Upper-case name as `SHOW JOBS` prints it (Flink's job states).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "RUNNING",
+            JobState::Stopped => "STOPPED",
+            JobState::Failed => "FAILED",
+        }
+    }
+}
+
+/// A persistent query: `INSERT INTO sink SELECT ...`, kept running until stopped.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobDef {
+    /// Job id, a 32-hex-digit string as Flink prints job ids.
+    pub id: String,
+    /// The full `INSERT INTO ... SELECT ...` text.
+    pub sql: String,
+    /// The table the job writes.
+    pub sink: String,
+    /// The tables the job reads.
+    pub sources: Vec<String>,
+    /// Current state.
+    pub state: JobState,
+    /// The error that failed the job, if it failed.
+    pub error: Option<String>,
+    /// Creation order, used to restart jobs in the order they were created.
+    pub seq: u64,
+}

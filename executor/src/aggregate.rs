@@ -1,0 +1,401 @@
+//! Grouped aggregation over changelogs.
+//!
+//! Without a window (Flink's GroupAggregate) each change updates its group's accumulators and
+//! the operator emits the group's new result as `+I` (first row), `-U old` / `+U new` (changed)
+//! or `-D old` (group emptied). Accumulators support retraction: COUNT and SUM/AVG subtract,
+//! MIN/MAX/COUNT(DISTINCT) keep a multiset of values ordered by Arrow's row encoding.
+//!
+//! With a window (Flink's WindowAggregate over a window TVF), input must be append-only; a
+//! window's groups are emitted once as `+I` when the watermark reaches `window_end` and their
+//! state is dropped. Rows for windows the watermark already passed are late: dropped and counted
+//! in the job's `late_rows`, never silently.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Decimal128Array, Float64Array, Int64Array, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::row::RowConverter;
+use datafusion::common::ScalarValue;
+use serde::{Deserialize, Serialize};
+use sluice_catalog::dataflow::{AggCall, AggKind, ExprRef};
+use sluice_catalog::{ChangeBatch, Op};
+
+use crate::error::{ExecError, Result};
+use crate::operator::Operator;
+use crate::rows::{converter, decode, eval, expr_types};
+use crate::source::to_millis;
+use crate::state::{StateReader, StateWriter};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+enum Acc {
+    Count(i64),
+    SumInt { sum: i128, n: i64 },
+    SumFloat { sum: f64, n: i64 },
+    Avg { sum: f64, n: i64 },
+    /// Multiset of encoded values: MIN, MAX, COUNT(DISTINCT).
+    Values(BTreeMap<Vec<u8>, i64>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Group {
+    rows: i64,
+    accs: Vec<Acc>,
+    window_end: Option<i64>,
+}
+
+/// How one aggregate reads its argument.
+struct AggSpec {
+    kind: AggKind,
+    arg: Option<ExprRef>,
+    /// The type the argument is cast to before accumulating.
+    acc_type: Option<DataType>,
+    /// The output type (from the plan's schema).
+    out_type: DataType,
+    /// Row encoding of the argument, for MIN/MAX/COUNT(DISTINCT).
+    conv: Option<(RowConverter, DataType)>,
+}
+
+/// See the module docs.
+pub struct AggregateOp {
+    group_exprs: Vec<ExprRef>,
+    group_types: Vec<DataType>,
+    group_conv: RowConverter,
+    aggs: Vec<AggSpec>,
+    window_end_index: Option<usize>,
+    schema: SchemaRef,
+    groups: HashMap<Vec<u8>, Group>,
+    windows: BTreeMap<i64, HashSet<Vec<u8>>>,
+    dirty: HashSet<Vec<u8>>,
+    watermark: i64,
+    late_rows: Arc<AtomicU64>,
+}
+
+impl AggregateOp {
+    /// Builds the operator over an input with schema `input`, producing `schema` (group columns
+    /// then one column per aggregate). `late_rows` counts rows dropped behind the watermark.
+    pub fn try_new(
+        input: SchemaRef,
+        group_exprs: Vec<ExprRef>,
+        aggs: &[AggCall],
+        window_end_index: Option<usize>,
+        schema: SchemaRef,
+        late_rows: Arc<AtomicU64>,
+    ) -> Result<AggregateOp> {
+        let group_types = expr_types(&group_exprs, &input)?;
+        let mut specs = Vec::new();
+        for (i, a) in aggs.iter().enumerate() {
+            let out_type = schema.field(group_exprs.len() + i).data_type().clone();
+            let arg_type = match &a.arg {
+                Some(e) => Some(e.data_type(&input)?),
+                None => None,
+            };
+            let acc_type = match a.kind {
+                AggKind::Sum => Some(match &out_type {
+                    DataType::Float32 | DataType::Float64 => DataType::Float64,
+                    d @ DataType::Decimal128(_, _) => d.clone(),
+                    _ => DataType::Int64,
+                }),
+                AggKind::Avg => Some(DataType::Float64),
+                _ => arg_type.clone(),
+            };
+            let conv = match a.kind {
+                AggKind::Min | AggKind::Max | AggKind::CountDistinct => {
+                    let t = arg_type.clone().ok_or_else(|| ExecError::Unsupported("MIN/MAX need an argument".into()))?;
+                    Some((converter(std::slice::from_ref(&t))?, t))
+                }
+                _ => None,
+            };
+            specs.push(AggSpec { kind: a.kind, arg: a.arg.clone(), acc_type, out_type, conv });
+        }
+        Ok(AggregateOp {
+            group_conv: converter(&group_types)?,
+            group_types,
+            group_exprs,
+            aggs: specs,
+            window_end_index,
+            schema,
+            groups: HashMap::new(),
+            windows: BTreeMap::new(),
+            dirty: HashSet::new(),
+            watermark: i64::MIN,
+            late_rows,
+        })
+    }
+
+    fn new_group(&self, window_end: Option<i64>) -> Group {
+        let accs = self
+            .aggs
+            .iter()
+            .map(|a| match a.kind {
+                AggKind::Count => Acc::Count(0),
+                AggKind::Sum => match a.acc_type {
+                    Some(DataType::Float64) => Acc::SumFloat { sum: 0.0, n: 0 },
+                    _ => Acc::SumInt { sum: 0, n: 0 },
+                },
+                AggKind::Avg => Acc::Avg { sum: 0.0, n: 0 },
+                AggKind::Min | AggKind::Max | AggKind::CountDistinct => Acc::Values(BTreeMap::new()),
+            })
+            .collect();
+        Group { rows: 0, accs, window_end }
+    }
+
+    /// The group's current output values, one per aggregate.
+    fn results(&self, g: &Group) -> Result<Vec<ScalarValue>> {
+        let mut out = Vec::with_capacity(self.aggs.len());
+        for (spec, acc) in self.aggs.iter().zip(&g.accs) {
+            let v = match acc {
+                Acc::Count(n) => ScalarValue::Int64(Some(*n)),
+                Acc::SumInt { n: 0, .. } | Acc::SumFloat { n: 0, .. } | Acc::Avg { n: 0, .. } => {
+                    ScalarValue::try_from(&spec.out_type)?
+                }
+                Acc::SumInt { sum, .. } => match &spec.acc_type {
+                    Some(DataType::Decimal128(p, s)) => ScalarValue::Decimal128(Some(*sum), *p, *s),
+                    _ => ScalarValue::Int64(Some(*sum as i64)),
+                },
+                Acc::SumFloat { sum, .. } => ScalarValue::Float64(Some(*sum)),
+                Acc::Avg { sum, n } => ScalarValue::Float64(Some(*sum / *n as f64)),
+                Acc::Values(m) => {
+                    let (conv, t) = spec.conv.as_ref().expect("values accumulators have a converter");
+                    let pick = match spec.kind {
+                        AggKind::CountDistinct => {
+                            out.push(ScalarValue::Int64(Some(m.len() as i64)).cast_to(&spec.out_type)?);
+                            continue;
+                        }
+                        AggKind::Min => m.keys().next(),
+                        _ => m.keys().next_back(),
+                    };
+                    match pick {
+                        None => ScalarValue::try_from(&spec.out_type)?,
+                        Some(bytes) => {
+                            let arr = decode(conv, std::slice::from_ref(t), &[bytes.as_slice()])?;
+                            ScalarValue::try_from_array(&arr[0], 0)?
+                        }
+                    }
+                }
+            };
+            out.push(if v.data_type() == spec.out_type { v } else { v.cast_to(&spec.out_type)? });
+        }
+        Ok(out)
+    }
+
+    fn build(&self, rows: Vec<(Op, Vec<u8>, Vec<ScalarValue>)>) -> Result<ChangeBatch> {
+        let keys: Vec<&[u8]> = rows.iter().map(|r| r.1.as_slice()).collect();
+        let mut cols: Vec<ArrayRef> = decode(&self.group_conv, &self.group_types, &keys)?;
+        for (i, spec) in self.aggs.iter().enumerate() {
+            if rows.is_empty() {
+                cols.push(arrow::array::new_empty_array(&spec.out_type));
+            } else {
+                cols.push(ScalarValue::iter_to_array(rows.iter().map(|r| r.2[i].clone()))?);
+            }
+        }
+        let cols = cols
+            .into_iter()
+            .zip(self.schema.fields())
+            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { cast(&c, f.data_type()) })
+            .collect::<Result<Vec<_>, _>>()?;
+        let data = RecordBatch::try_new(self.schema.clone(), cols)?;
+        Ok(ChangeBatch::new(data, rows.into_iter().map(|r| r.0).collect()))
+    }
+}
+
+/// Reads row `i` of an argument array into the accumulator with multiplicity `w`.
+fn accumulate(acc: &mut Acc, arr: Option<&ArrayRef>, enc: Option<&arrow::row::Rows>, i: usize, w: i64) {
+    let Some(arr) = arr else {
+        if let Acc::Count(n) = acc {
+            *n += w;
+        }
+        return;
+    };
+    if arr.is_null(i) {
+        return;
+    }
+    match acc {
+        Acc::Count(n) => *n += w,
+        Acc::SumInt { sum, n } => {
+            let v = if let Some(a) = arr.as_any().downcast_ref::<Int64Array>() {
+                a.value(i) as i128
+            } else if let Some(a) = arr.as_any().downcast_ref::<Decimal128Array>() {
+                a.value(i)
+            } else {
+                0
+            };
+            *sum += v * w as i128;
+            *n += w;
+        }
+        Acc::SumFloat { sum, n } | Acc::Avg { sum, n } => {
+            let v = arr.as_any().downcast_ref::<Float64Array>().map(|a| a.value(i)).unwrap_or(0.0);
+            *sum += v * w as f64;
+            *n += w;
+        }
+        Acc::Values(m) => {
+            let key = enc.expect("encoded").row(i).as_ref().to_vec();
+            let c = m.entry(key.clone()).or_insert(0);
+            *c += w;
+            if *c <= 0 {
+                m.remove(&key);
+            }
+        }
+    }
+}
+
+impl Operator for AggregateOp {
+    fn process(&mut self, _side: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
+        if batch.is_empty() {
+            return Ok(vec![]);
+        }
+        let n = batch.num_rows();
+        let group_cols = eval(&self.group_exprs, &batch.data)?;
+        let keys = self.group_conv.convert_columns(&group_cols)?;
+        let mut args: Vec<Option<ArrayRef>> = Vec::new();
+        let mut encoded: Vec<Option<arrow::row::Rows>> = Vec::new();
+        for spec in &self.aggs {
+            let a = match &spec.arg {
+                Some(e) => {
+                    let a = e.evaluate(&batch.data)?.into_array(n)?;
+                    Some(match &spec.acc_type {
+                        Some(t) if a.data_type() != t => cast(&a, t)?,
+                        _ => a,
+                    })
+                }
+                None => None,
+            };
+            encoded.push(match (&spec.conv, &a) {
+                (Some((conv, _)), Some(a)) => Some(conv.convert_columns(std::slice::from_ref(a))?),
+                _ => None,
+            });
+            args.push(a);
+        }
+        let window_ends = match self.window_end_index {
+            Some(i) => Some(to_millis(&group_cols[i])?),
+            None => None,
+        };
+        let mut touched: Vec<(Vec<u8>, Option<Vec<ScalarValue>>)> = Vec::new();
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        for i in 0..n {
+            let we = match &window_ends {
+                Some(w) => {
+                    if w.is_null(i) {
+                        continue;
+                    }
+                    let we = w.value(i);
+                    if we <= self.watermark {
+                        self.late_rows.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    Some(we)
+                }
+                None => None,
+            };
+            let key = keys.row(i).as_ref().to_vec();
+            if window_ends.is_none() && !seen.contains(&key) {
+                let old = match self.groups.get(&key) {
+                    Some(g) if g.rows > 0 => Some(self.results(g)?),
+                    _ => None,
+                };
+                seen.insert(key.clone());
+                touched.push((key.clone(), old));
+            }
+            if !self.groups.contains_key(&key) {
+                let g = self.new_group(we);
+                self.groups.insert(key.clone(), g);
+                if let Some(we) = we {
+                    self.windows.entry(we).or_default().insert(key.clone());
+                }
+            }
+            let w = batch.ops[i].weight();
+            let g = self.groups.get_mut(&key).expect("inserted above");
+            g.rows += w;
+            for (j, acc) in g.accs.iter_mut().enumerate() {
+                accumulate(acc, args[j].as_ref(), encoded[j].as_ref(), i, w);
+            }
+            self.dirty.insert(key);
+        }
+        if window_ends.is_some() {
+            return Ok(vec![]);
+        }
+        let mut out = Vec::new();
+        for (key, old) in touched {
+            let new = match self.groups.get(&key) {
+                Some(g) if g.rows > 0 => Some(self.results(g)?),
+                _ => {
+                    self.groups.remove(&key);
+                    None
+                }
+            };
+            match (old, new) {
+                (Some(o), Some(nw)) if o == nw => {}
+                (Some(o), Some(nw)) => {
+                    out.push((Op::UpdateBefore, key.clone(), o));
+                    out.push((Op::UpdateAfter, key, nw));
+                }
+                (Some(o), None) => out.push((Op::Delete, key, o)),
+                (None, Some(nw)) => out.push((Op::Insert, key, nw)),
+                (None, None) => {}
+            }
+        }
+        if out.is_empty() {
+            return Ok(vec![]);
+        }
+        Ok(vec![self.build(out)?])
+    }
+
+    fn on_watermark(&mut self, watermark: i64) -> Result<Vec<ChangeBatch>> {
+        if watermark <= self.watermark {
+            return Ok(vec![]);
+        }
+        self.watermark = watermark;
+        if self.window_end_index.is_none() {
+            return Ok(vec![]);
+        }
+        let mut out = Vec::new();
+        let closed: Vec<i64> = self.windows.range(..=watermark).map(|(k, _)| *k).collect();
+        for we in closed {
+            let mut keys: Vec<Vec<u8>> = self.windows.remove(&we).unwrap_or_default().into_iter().collect();
+            keys.sort();
+            for key in keys {
+                if let Some(g) = self.groups.remove(&key) {
+                    if g.rows > 0 {
+                        out.push((Op::Insert, key.clone(), self.results(&g)?));
+                    }
+                }
+                self.dirty.insert(key);
+            }
+        }
+        if out.is_empty() {
+            return Ok(vec![]);
+        }
+        Ok(vec![self.build(out)?])
+    }
+
+    fn checkpoint(&mut self, w: &mut StateWriter<'_>) -> Result<()> {
+        for key in self.dirty.drain() {
+            match self.groups.get(&key) {
+                Some(g) => w.put(&key, &serde_json::to_vec(g).map_err(|e| ExecError::CorruptState(e.to_string()))?),
+                None => w.delete(&key),
+            }
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, r: &StateReader<'_>) -> Result<()> {
+        for (k, v) in r.entries()? {
+            let g: Group = serde_json::from_slice(&v).map_err(|e| ExecError::CorruptState(e.to_string()))?;
+            if let Some(we) = g.window_end {
+                self.windows.entry(we).or_default().insert(k.clone());
+            }
+            self.groups.insert(k, g);
+        }
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        if self.window_end_index.is_some() {
+            "WindowAggregate"
+        } else {
+            "GroupAggregate"
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! Errors of the executor.
+
+use datafusion::error::DataFusionError;
+
+/// Errors raised while running dataflows.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// Evaluating an expression failed (a cast of bad data, a division by zero...).
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+    /// Arrow failed.
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// The catalog or store failed.
+    #[error(transparent)]
+    Catalog(#[from] sluice_catalog::CatalogError),
+    /// A topic log or connector failed.
+    #[error(transparent)]
+    Connector(#[from] sluice_connectors::ConnectorError),
+    /// RocksDB failed.
+    #[error("storage error: {0}")]
+    Storage(#[from] rocksdb::Error),
+    /// Stored state could not be decoded.
+    #[error("corrupt state: {0}")]
+    CorruptState(String),
+    /// The operation is not possible (e.g. reading an unbounded generator as a batch).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Result alias of the executor.
+pub type Result<T, E = ExecError> = std::result::Result<T, E>;

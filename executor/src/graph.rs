@@ -1,0 +1,178 @@
+//! An operator tree built from a dataflow plan.
+//!
+//! Nodes are stored in post-order (children before parents), so operator indices are stable
+//! across restarts of the same plan and name their state. A batch enters at a source node and is
+//! pushed up through each parent; watermarks are propagated bottom-up, a node's watermark being
+//! the minimum over the watermarked sources below it.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use rocksdb::WriteBatch;
+use sluice_catalog::dataflow::Node;
+use sluice_catalog::{ChangeBatch, Store};
+
+use crate::aggregate::AggregateOp;
+use crate::error::Result;
+use crate::filter::{FilterOp, ProjectOp, UnionOp};
+use crate::join::JoinOp;
+use crate::operator::Operator;
+use crate::source::SourceOp;
+use crate::state::{operator_prefix, StateReader, StateWriter};
+
+struct GraphNode {
+    op: Box<dyn Operator>,
+    parent: Option<(usize, usize)>,
+    /// Source ids below this node.
+    sources: Vec<usize>,
+    watermark: i64,
+}
+
+/// See the module docs.
+pub struct Graph {
+    nodes: Vec<GraphNode>,
+    /// Node index of each source id.
+    source_nodes: Vec<usize>,
+    /// Per source id: computed columns and watermark measurement.
+    source_rows: Vec<SourceOp>,
+}
+
+impl Graph {
+    /// Builds the operators of `root`. `late_rows` counts rows dropped behind the watermark.
+    pub fn build(root: &Node, late_rows: Arc<AtomicU64>) -> Result<Graph> {
+        let n_sources = root.sources().len();
+        let mut g = Graph { nodes: Vec::new(), source_nodes: vec![0; n_sources], source_rows: Vec::new() };
+        let mut rows: Vec<Option<SourceOp>> = (0..n_sources).map(|_| None).collect();
+        g.add(root, &late_rows, &mut rows)?;
+        g.source_rows = rows.into_iter().map(|r| r.expect("every source id is built")).collect();
+        Ok(g)
+    }
+
+    fn add(&mut self, node: &Node, late: &Arc<AtomicU64>, rows: &mut [Option<SourceOp>]) -> Result<usize> {
+        let (op, children): (Box<dyn Operator>, Vec<usize>) = match node {
+            Node::Source(s) => {
+                rows[s.id] = Some(SourceOp::try_new(s)?);
+                let idx = self.push(Box::new(SourceOp::try_new(s)?), vec![s.id]);
+                self.source_nodes[s.id] = idx;
+                return Ok(idx);
+            }
+            Node::Filter { input, predicate } => {
+                let c = self.add(input, late, rows)?;
+                (Box::new(FilterOp::new(predicate.clone())), vec![c])
+            }
+            Node::Project { input, exprs, schema } => {
+                let c = self.add(input, late, rows)?;
+                (Box::new(ProjectOp::new(exprs.clone(), schema.clone())), vec![c])
+            }
+            Node::Join { left, right, left_keys, right_keys, filter, left_outer, right_outer, schema } => {
+                let l = self.add(left, late, rows)?;
+                let r = self.add(right, late, rows)?;
+                let op = JoinOp::try_new(
+                    left.schema(),
+                    right.schema(),
+                    left_keys.clone(),
+                    right_keys.clone(),
+                    filter.clone(),
+                    *left_outer,
+                    *right_outer,
+                    schema.clone(),
+                )?;
+                (Box::new(op), vec![l, r])
+            }
+            Node::Aggregate { input, group_exprs, aggs, window, schema } => {
+                let c = self.add(input, late, rows)?;
+                let op = AggregateOp::try_new(
+                    input.schema(),
+                    group_exprs.clone(),
+                    aggs,
+                    window.as_ref().map(|w| w.end_group_index),
+                    schema.clone(),
+                    late.clone(),
+                )?;
+                (Box::new(op), vec![c])
+            }
+            Node::Union { inputs, schema } => {
+                let cs = inputs.iter().map(|i| self.add(i, late, rows)).collect::<Result<Vec<_>>>()?;
+                (Box::new(UnionOp::new(schema.clone())), cs)
+            }
+        };
+        let sources = children.iter().flat_map(|c| self.nodes[*c].sources.clone()).collect();
+        let idx = self.push(op, sources);
+        for (side, c) in children.iter().enumerate() {
+            // A union's inputs all arrive on side 0.
+            let side = if matches!(node, Node::Union { .. }) { 0 } else { side };
+            self.nodes[*c].parent = Some((idx, side));
+        }
+        Ok(idx)
+    }
+
+    fn push(&mut self, op: Box<dyn Operator>, sources: Vec<usize>) -> usize {
+        self.nodes.push(GraphNode { op, parent: None, sources, watermark: i64::MIN });
+        self.nodes.len() - 1
+    }
+
+    /// Computed columns and the watermark candidate of a batch read by source `id`.
+    pub fn source_rows(&self, id: usize, batch: ChangeBatch) -> Result<(ChangeBatch, Option<i64>)> {
+        self.source_rows[id].rows(batch)
+    }
+
+    /// Pushes rows read by source `id` through the graph; returns what reaches the root.
+    pub fn push_source(&mut self, id: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
+        let mut out = Vec::new();
+        self.push_at(self.source_nodes[id], 0, batch, &mut out)?;
+        Ok(out)
+    }
+
+    fn push_at(&mut self, idx: usize, side: usize, batch: ChangeBatch, out: &mut Vec<ChangeBatch>) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let outs = self.nodes[idx].op.process(side, batch)?;
+        self.forward(idx, outs, out)
+    }
+
+    fn forward(&mut self, idx: usize, outs: Vec<ChangeBatch>, out: &mut Vec<ChangeBatch>) -> Result<()> {
+        match self.nodes[idx].parent {
+            Some((p, s)) => {
+                for o in outs {
+                    self.push_at(p, s, o, out)?;
+                }
+            }
+            None => out.extend(outs.into_iter().filter(|b| !b.is_empty())),
+        }
+        Ok(())
+    }
+
+    /// Propagates source watermarks (`None`: the source has none yet, or declares none) and
+    /// returns what the advance emits at the root.
+    pub fn advance_watermarks(&mut self, source_wms: &[Option<i64>]) -> Result<Vec<ChangeBatch>> {
+        let mut out = Vec::new();
+        for idx in 0..self.nodes.len() {
+            let wm = self.nodes[idx].sources.iter().filter_map(|s| source_wms.get(*s).copied().flatten()).min();
+            let Some(wm) = wm else { continue };
+            if wm > self.nodes[idx].watermark {
+                self.nodes[idx].watermark = wm;
+                let outs = self.nodes[idx].op.on_watermark(wm)?;
+                self.forward(idx, outs, &mut out)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes every operator's changed state into `batch`.
+    pub fn checkpoint(&mut self, store: &Store, batch: &mut WriteBatch, job: &str) -> Result<()> {
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            let mut w = StateWriter::new(store, batch, operator_prefix(job, i));
+            n.op.checkpoint(&mut w)?;
+        }
+        Ok(())
+    }
+
+    /// Loads every operator's state from the last checkpoint.
+    pub fn restore(&mut self, store: &Store, job: &str) -> Result<()> {
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            n.op.restore(&StateReader::new(store, operator_prefix(job, i)))?;
+        }
+        Ok(())
+    }
+}

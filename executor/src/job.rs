@@ -1,0 +1,519 @@
+//! Persistent queries: one thread per job.
+//!
+//! A job reads its sources from their positions, pushes batches through its [`Graph`], and
+//! buffers what reaches the root. An epoch ends when the job has caught up with its input, after
+//! 200 ms, or when 200 000 output rows are buffered: then one checkpoint commits, in a single
+//! fsynced RocksDB write, the epoch's output rows appended to the sink topic, every operator's
+//! changed state, and the source positions and watermarks. In a single-threaded job the end of
+//! an epoch is a barrier that every operator has already seen, so the checkpoint is aligned by
+//! construction. After a crash the job restores the last checkpoint and re-reads its input from
+//! the saved positions; output of the unfinished epoch was never written, so nothing is lost or
+//! duplicated.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arrow::array::{RecordBatch, UInt32Array};
+use arrow::compute::take_record_batch;
+use datafusion::common::hash_utils::create_hashes;
+use rocksdb::WriteBatch;
+use serde::{Deserialize, Serialize};
+use sluice_catalog::dataflow::DataflowPlan;
+use sluice_catalog::store::CF_STATE;
+use sluice_catalog::{ChangeBatch, Store};
+use sluice_connectors::datagen::DatagenOptions;
+use sluice_connectors::options::{parse_table_options, TableConnector};
+use sluice_connectors::TopicLog;
+
+use crate::error::{ExecError, Result};
+use crate::graph::Graph;
+use crate::rows::eval;
+use crate::state::job_prefix;
+
+/// Rows read from one partition per poll.
+const READ_ROWS: usize = 16_384;
+/// Longest epoch while input keeps arriving.
+const EPOCH_INTERVAL: Duration = Duration::from_millis(200);
+/// Output rows that end an epoch early.
+const EPOCH_MAX_ROWS: usize = 200_000;
+
+/// Live status and counters of a job, shared with the server for `SHOW JOBS` and `FLUSH`.
+#[derive(Debug)]
+pub struct JobStatus {
+    /// Job id.
+    pub id: String,
+    /// The table written.
+    pub sink: String,
+    /// Rows read from sources.
+    pub rows_in: AtomicU64,
+    /// Rows written to the sink (committed).
+    pub rows_out: AtomicU64,
+    /// Rows dropped because they arrived behind the watermark.
+    pub late_rows: Arc<AtomicU64>,
+    /// Completed checkpoints.
+    pub checkpoints: AtomicU64,
+    /// Set when the job failed; the job thread has ended.
+    pub error: Mutex<Option<String>>,
+    /// Committed positions: `(topic, partition) -> offset`, for `FLUSH`. Unbounded generators
+    /// are not listed.
+    pub committed: Mutex<HashMap<(String, u32), u64>>,
+    /// Bounded generators not yet exhausted.
+    pub pending_generators: AtomicU64,
+    stop: AtomicBool,
+    running: AtomicBool,
+    handle: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl JobStatus {
+    /// `RUNNING`, `FAILED` or `STOPPED`.
+    pub fn state(&self) -> &'static str {
+        if self.error.lock().unwrap().is_some() {
+            "FAILED"
+        } else if self.running.load(Ordering::Relaxed) {
+            "RUNNING"
+        } else {
+            "STOPPED"
+        }
+    }
+
+    /// True while the job thread runs.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CheckpointMeta {
+    epoch: u64,
+    positions: Vec<Vec<u64>>,
+    watermarks: Vec<Vec<Option<i64>>>,
+}
+
+enum SourceKind {
+    Topic { topic: String },
+    Datagen { opts: DatagenOptions, total: Option<u64>, started: Instant, base: u64 },
+}
+
+struct SourceRt {
+    kind: SourceKind,
+    schema: arrow::datatypes::SchemaRef,
+    positions: Vec<u64>,
+    watermarks: Vec<Option<i64>>,
+}
+
+enum SinkKind {
+    Topic { partitions: u32, key: Vec<usize> },
+    Blackhole,
+}
+
+/// Starts, tracks and stops jobs.
+pub struct JobRuntime {
+    store: Store,
+    log: Arc<dyn TopicLog>,
+    jobs: Mutex<HashMap<String, Arc<JobStatus>>>,
+}
+
+impl JobRuntime {
+    /// A runtime over the store (state, checkpoints) and the topic log.
+    pub fn new(store: Store, log: Arc<dyn TopicLog>) -> Arc<JobRuntime> {
+        Arc::new(JobRuntime { store, log, jobs: Mutex::new(HashMap::new()) })
+    }
+
+    /// Builds the job's operators, restores its last checkpoint and starts its thread.
+    ///
+    /// Errors: operator construction or state restore failed (the job is not started).
+    pub fn start(self: &Arc<Self>, id: &str, plan: DataflowPlan) -> Result<Arc<JobStatus>> {
+        let late_rows = Arc::new(AtomicU64::new(0));
+        let mut graph = Graph::build(&plan.root, late_rows.clone())?;
+        graph.restore(&self.store, id)?;
+        let meta: CheckpointMeta = match self.store.db().get_cf(self.store.cf(CF_STATE), meta_key(id))? {
+            Some(v) => serde_json::from_slice(&v).map_err(|e| ExecError::CorruptState(e.to_string()))?,
+            None => CheckpointMeta::default(),
+        };
+        let mut sources = Vec::new();
+        for (i, s) in plan.root.sources().iter().enumerate() {
+            let kind = match parse_table_options(&s.table.options)? {
+                TableConnector::Datagen(opts) => {
+                    let total = opts.total_rows();
+                    SourceKind::Datagen { opts, total, started: Instant::now(), base: 0 }
+                }
+                TableConnector::Topic { .. } => SourceKind::Topic { topic: s.table.topic().to_string() },
+                TableConnector::Blackhole => {
+                    return Err(ExecError::Unsupported(format!("cannot read blackhole table {}", s.table.name)))
+                }
+            };
+            let partitions = match &kind {
+                SourceKind::Topic { topic } => self.log.partitions(topic)? as usize,
+                SourceKind::Datagen { .. } => 1,
+            };
+            let positions = meta.positions.get(i).cloned().unwrap_or_else(|| vec![0; partitions]);
+            let watermarks = meta.watermarks.get(i).cloned().unwrap_or_else(|| vec![None; partitions]);
+            let mut rt = SourceRt { kind, schema: s.physical_schema.clone(), positions, watermarks };
+            if let SourceKind::Datagen { base, .. } = &mut rt.kind {
+                *base = rt.positions[0];
+            }
+            sources.push(rt);
+        }
+        let sink = match parse_table_options(&plan.sink.options)? {
+            TableConnector::Blackhole => SinkKind::Blackhole,
+            TableConnector::Topic { .. } => {
+                let schema = &plan.sink_schema;
+                let key = plan.sink.primary_key.iter().filter_map(|k| schema.index_of(k).ok()).collect::<Vec<_>>();
+                let key = if key.is_empty() { (0..schema.fields().len()).collect() } else { key };
+                SinkKind::Topic { partitions: self.log.partitions(plan.sink.topic())?, key }
+            }
+            TableConnector::Datagen(_) => {
+                return Err(ExecError::Unsupported(format!("cannot write into datagen table {}", plan.sink.name)))
+            }
+        };
+        let status = Arc::new(JobStatus {
+            id: id.to_string(),
+            sink: plan.sink.name.clone(),
+            rows_in: AtomicU64::new(0),
+            rows_out: AtomicU64::new(0),
+            late_rows,
+            checkpoints: AtomicU64::new(meta.epoch),
+            error: Mutex::new(None),
+            committed: Mutex::new(HashMap::new()),
+            pending_generators: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            running: AtomicBool::new(true),
+            handle: Mutex::new(None),
+        });
+        let mut job = RunningJob {
+            id: id.to_string(),
+            store: self.store.clone(),
+            log: self.log.clone(),
+            plan,
+            graph,
+            sources,
+            sink,
+            status: status.clone(),
+            epoch: meta.epoch,
+            pending: Vec::new(),
+            pending_rows: 0,
+            dirty: false,
+        };
+        job.publish_positions();
+        let s2 = status.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("job-{}", &id[..8.min(id.len())]))
+            .spawn(move || {
+                tracing::info!(job = %job.id, epoch = job.epoch, "job started");
+                if let Err(e) = job.run() {
+                    tracing::error!(job = %job.id, error = %e, "job failed");
+                    *s2.error.lock().unwrap() = Some(e.to_string());
+                }
+                s2.running.store(false, Ordering::Relaxed);
+            })
+            .map_err(|e| ExecError::Unsupported(format!("cannot start job thread: {e}")))?;
+        *status.handle.lock().unwrap() = Some(handle);
+        self.jobs.lock().unwrap().insert(id.to_string(), status.clone());
+        Ok(status)
+    }
+
+    /// The status of a job started in this process.
+    pub fn status(&self, id: &str) -> Option<Arc<JobStatus>> {
+        self.jobs.lock().unwrap().get(id).cloned()
+    }
+
+    /// Stops a job: its thread commits a last checkpoint and ends. Waits for it.
+    pub fn stop(&self, id: &str) {
+        let status = self.jobs.lock().unwrap().get(id).cloned();
+        if let Some(s) = status {
+            s.stop.store(true, Ordering::Relaxed);
+            if let Some(h) = s.handle.lock().unwrap().take() {
+                let _ = h.join();
+            }
+        }
+    }
+
+    /// Stops every job (daemon shutdown).
+    pub fn stop_all(&self) {
+        let ids: Vec<String> = self.jobs.lock().unwrap().keys().cloned().collect();
+        for id in ids {
+            self.stop(&id);
+        }
+    }
+
+    /// Deletes a stopped job's state and checkpoints.
+    pub fn drop_state(&self, id: &str) -> Result<()> {
+        let mut b = WriteBatch::default();
+        self.store.delete_prefix(&mut b, CF_STATE, &job_prefix(id))?;
+        self.store.write(b)?;
+        self.jobs.lock().unwrap().remove(id);
+        Ok(())
+    }
+
+    /// Blocks until every running job has committed everything written to its sources, checked
+    /// repeatedly so that chains of jobs drain too (RisingWave's `FLUSH`). Unbounded generators
+    /// are not waited for; bounded ones are, until exhausted.
+    ///
+    /// Errors: [`ExecError::Unsupported`] when `timeout` passes first.
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let jobs: Vec<Arc<JobStatus>> =
+                self.jobs.lock().unwrap().values().filter(|j| j.is_running()).cloned().collect();
+            let ends_before = self.end_offsets(&jobs)?;
+            let caught_up = jobs.iter().all(|j| {
+                let c = j.committed.lock().unwrap();
+                j.pending_generators.load(Ordering::Relaxed) == 0
+                    && c.iter().all(|(k, v)| ends_before.get(k).map(|e| v >= e).unwrap_or(true))
+            });
+            if caught_up && self.end_offsets(&jobs)? == ends_before {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(ExecError::Unsupported(format!(
+                    "FLUSH timed out after {} s: persistent queries are still behind their input",
+                    timeout.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn end_offsets(&self, jobs: &[Arc<JobStatus>]) -> Result<HashMap<(String, u32), u64>> {
+        let mut out = HashMap::new();
+        for j in jobs {
+            for (topic, p) in j.committed.lock().unwrap().keys() {
+                out.insert((topic.clone(), *p), self.log.end_offset(topic, *p)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn meta_key(job: &str) -> Vec<u8> {
+    let mut k = job_prefix(job);
+    k.extend_from_slice(b"meta");
+    k
+}
+
+struct RunningJob {
+    id: String,
+    store: Store,
+    log: Arc<dyn TopicLog>,
+    plan: DataflowPlan,
+    graph: Graph,
+    sources: Vec<SourceRt>,
+    sink: SinkKind,
+    status: Arc<JobStatus>,
+    epoch: u64,
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    dirty: bool,
+}
+
+impl RunningJob {
+    fn source_watermarks(&self) -> Vec<Option<i64>> {
+        self.sources
+            .iter()
+            .map(|s| {
+                // Per-partition watermarks combine by minimum; a partition without one holds
+                // the source back.
+                if s.watermarks.iter().any(|w| w.is_none()) {
+                    None
+                } else {
+                    s.watermarks.iter().flatten().min().copied()
+                }
+            })
+            .collect()
+    }
+
+    fn run(&mut self) -> Result<()> {
+        // Re-establish operator watermarks from the checkpoint (windows already emitted are
+        // gone from state, so nothing is emitted twice).
+        let wms = self.source_watermarks();
+        let outs = self.graph.advance_watermarks(&wms)?;
+        self.emit(outs)?;
+        let mut last_commit = Instant::now();
+        loop {
+            if self.status.stop.load(Ordering::Relaxed) {
+                self.commit()?;
+                tracing::info!(job = %self.id, epoch = self.epoch, "job stopped");
+                return Ok(());
+            }
+            let seen = self.log.version();
+            let progressed = self.poll()?;
+            if self.dirty && (!progressed || last_commit.elapsed() > EPOCH_INTERVAL || self.pending_rows > EPOCH_MAX_ROWS) {
+                self.commit()?;
+                last_commit = Instant::now();
+            }
+            if !progressed {
+                let generating = self.sources.iter().any(|s| matches!(s.kind, SourceKind::Datagen { .. }));
+                if generating {
+                    std::thread::sleep(Duration::from_millis(5));
+                } else {
+                    self.log.wait(seen, Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// Reads one round from every source partition; true if anything was read.
+    fn poll(&mut self) -> Result<bool> {
+        let mut progressed = false;
+        let mut pending_generators = 0;
+        for sid in 0..self.sources.len() {
+            let parts = self.sources[sid].positions.len();
+            for p in 0..parts {
+                let pos = self.sources[sid].positions[p];
+                let src = &self.sources[sid];
+                let batches: Vec<(u64, ChangeBatch)> = match &src.kind {
+                    SourceKind::Topic { topic } => {
+                        self.log
+                            .read(topic, p as u32, pos, READ_ROWS)?
+                            .into_iter()
+                            .map(|r| {
+                                let n = r.batch.num_rows() as u64;
+                                Ok((r.offset + n, ChangeBatch::from_topic_batch(&r.batch)?))
+                            })
+                            .collect::<Result<_>>()?
+                    }
+                    SourceKind::Datagen { opts, total, started, base } => {
+                        let by_rate = *base + (started.elapsed().as_secs_f64() * opts.rows_per_second as f64) as u64;
+                        let limit = total.map(|t| t.min(by_rate)).unwrap_or(by_rate);
+                        if total.map(|t| pos < t).unwrap_or(false) {
+                            pending_generators += 1;
+                        }
+                        if limit > pos {
+                            let n = ((limit - pos) as usize).min(READ_ROWS);
+                            let batch = opts.generate(&src.schema, pos, n)?;
+                            vec![(pos + n as u64, ChangeBatch::inserts(batch))]
+                        } else {
+                            vec![]
+                        }
+                    }
+                };
+                for (next, batch) in batches {
+                    progressed = true;
+                    self.dirty = true;
+                    self.status.rows_in.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                    let (rows, wm) = self.graph.source_rows(sid, batch)?;
+                    if let Some(wm) = wm {
+                        let w = &mut self.sources[sid].watermarks[p];
+                        *w = Some(w.map_or(wm, |old| old.max(wm)));
+                    }
+                    let outs = self.graph.push_source(sid, rows)?;
+                    self.emit(outs)?;
+                    self.sources[sid].positions[p] = next;
+                }
+            }
+        }
+        self.status.pending_generators.store(pending_generators, Ordering::Relaxed);
+        let wms = self.source_watermarks();
+        let outs = self.graph.advance_watermarks(&wms)?;
+        self.emit(outs)?;
+        Ok(progressed)
+    }
+
+    fn emit(&mut self, outs: Vec<ChangeBatch>) -> Result<()> {
+        for b in outs {
+            if b.is_empty() {
+                continue;
+            }
+            let cols = eval(&self.plan.sink_exprs, &b.data)?;
+            let shaped = b.with_columns(self.plan.sink_schema.clone(), cols)?;
+            self.pending_rows += shaped.num_rows();
+            self.pending.push(shaped.to_topic_batch()?);
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Commits the epoch: output, operator state, positions and watermarks in one write.
+    fn commit(&mut self) -> Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        self.epoch += 1;
+        let meta = CheckpointMeta {
+            epoch: self.epoch,
+            positions: self.sources.iter().map(|s| s.positions.clone()).collect(),
+            watermarks: self.sources.iter().map(|s| s.watermarks.clone()).collect(),
+        };
+        let meta_bytes = serde_json::to_vec(&meta).map_err(|e| ExecError::CorruptState(e.to_string()))?;
+        let store = self.store.clone();
+        let id = self.id.clone();
+        let graph = &mut self.graph;
+        let mut state_err = None;
+        let mut fill = |wb: &mut WriteBatch| -> sluice_connectors::Result<()> {
+            if let Err(e) = graph.checkpoint(&store, wb, &id) {
+                state_err = Some(e);
+            }
+            wb.put_cf(store.cf(CF_STATE), meta_key(&id), &meta_bytes);
+            Ok(())
+        };
+        match &self.sink {
+            SinkKind::Topic { partitions, key } => {
+                let pending = std::mem::take(&mut self.pending);
+                let writes = partition_batches(&pending, *partitions, key)?;
+                self.log.append(self.plan.sink.topic(), &writes, &mut fill)?;
+            }
+            SinkKind::Blackhole => {
+                let mut wb = WriteBatch::default();
+                fill(&mut wb)?;
+                self.store.write(wb)?;
+                self.pending.clear();
+            }
+        }
+        if let Some(e) = state_err {
+            return Err(e);
+        }
+        self.status.rows_out.fetch_add(self.pending_rows as u64, Ordering::Relaxed);
+        self.status.checkpoints.store(self.epoch, Ordering::Relaxed);
+        self.pending_rows = 0;
+        self.dirty = false;
+        self.publish_positions();
+        tracing::debug!(job = %self.id, epoch = self.epoch, "checkpoint committed");
+        Ok(())
+    }
+
+    fn publish_positions(&self) {
+        let mut c = self.status.committed.lock().unwrap();
+        for s in &self.sources {
+            if let SourceKind::Topic { topic } = &s.kind {
+                for (p, pos) in s.positions.iter().enumerate() {
+                    c.insert((topic.clone(), p as u32), *pos);
+                }
+            }
+        }
+    }
+}
+
+/// Splits output batches by partition: the hash of the key columns (the primary key, or the
+/// whole row) modulo the partition count, so one key's changes stay in order in one partition.
+pub fn partition_batches(pending: &[RecordBatch], partitions: u32, key: &[usize]) -> Result<Vec<(u32, RecordBatch)>> {
+    if partitions <= 1 {
+        return Ok(pending.iter().map(|b| (0, b.clone())).collect());
+    }
+    let mut out = Vec::new();
+    let state = ahash_state();
+    for b in pending {
+        let cols: Vec<_> = key.iter().map(|i| b.column(*i).clone()).collect();
+        let mut hashes = vec![0u64; b.num_rows()];
+        create_hashes(&cols, &state, &mut hashes)?;
+        for p in 0..partitions {
+            let idx: UInt32Array = hashes
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| (**h % partitions as u64) as u32 == p)
+                .map(|(i, _)| i as u32)
+                .collect();
+            if !idx.is_empty() {
+                out.push((p, take_record_batch(b, &idx)?));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A fixed hash seed, so a key always lands in the same partition across restarts.
+fn ahash_state() -> datafusion::common::hash_utils::RandomState {
+    datafusion::common::hash_utils::RandomState::with_seed(0x5175_01ce_da7a_f10e)
+}

@@ -1,0 +1,28 @@
+//! Runs streaming dataflows.
+//!
+//! - [`operator`]: the [`operator::Operator`] trait: one required method that turns an input
+//!   change batch into output change batches, with watermark and checkpoint hooks.
+//! - [`source`], [`filter`], [`join`], [`aggregate`]: the operators.
+//! - [`graph`]: an operator tree built from a dataflow plan, pushing batches from sources to the
+//!   root and watermarks bottom-up.
+//! - [`job`]: a persistent query's thread: reads sources from checkpointed offsets, runs the
+//!   graph, and commits barrier-aligned epochs (offsets, state and output in one atomic write).
+//! - [`materialize`]: a table's current contents from its changelog, for batch `SELECT`.
+//! - [`state`]: key layout of operator state in the store.
+//! - [`error`]: the crate's error type.
+
+pub mod aggregate;
+pub mod error;
+pub mod filter;
+pub mod graph;
+pub mod job;
+pub mod join;
+pub mod materialize;
+pub mod operator;
+pub mod rows;
+pub mod source;
+pub mod state;
+
+pub use error::{ExecError, Result};
+pub use job::{JobRuntime, JobStatus};
+pub use materialize::MaterializedTable;

@@ -1,0 +1,147 @@
+//! A table's current contents, maintained from its topic for batch `SELECT`.
+//!
+//! The changelog is applied incrementally from the last offset read: an append-only topic keeps
+//! its batches; an upsert table (primary key) keeps the latest row per key (insertions replace,
+//! retractions delete the key); a table without a key that receives retractions (an updating
+//! query written into it) keeps a multiset of rows, each `-D`/`-U` cancelling one equal row.
+
+use std::collections::HashMap;
+
+use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
+use arrow::datatypes::SchemaRef;
+use arrow::row::RowConverter;
+use sluice_catalog::{ChangeBatch, TableDef};
+use sluice_connectors::TopicLog;
+
+use crate::error::Result;
+use crate::rows::{converter, decode, schema_converter, types_of};
+
+enum Contents {
+    Append(Vec<RecordBatch>),
+    Keyed { key_idx: Vec<usize>, key_conv: RowConverter, rows: HashMap<Vec<u8>, Vec<u8>> },
+    Multiset(HashMap<Vec<u8>, i64>),
+}
+
+/// See the module docs. Holds the table's physical columns.
+pub struct MaterializedTable {
+    topic: String,
+    schema: SchemaRef,
+    row_conv: RowConverter,
+    offsets: Vec<u64>,
+    contents: Contents,
+}
+
+impl MaterializedTable {
+    /// An empty materialization of `def` (nothing read yet).
+    pub fn try_new(def: &TableDef, partitions: u32) -> Result<MaterializedTable> {
+        let schema = def.physical_schema()?;
+        let contents = if def.is_upsert() {
+            let key_idx: Vec<usize> = def.primary_key.iter().map(|k| schema.index_of(k)).collect::<Result<_, _>>()?;
+            let key_types: Vec<_> = key_idx.iter().map(|i| schema.field(*i).data_type().clone()).collect();
+            Contents::Keyed { key_idx, key_conv: converter(&key_types)?, rows: HashMap::new() }
+        } else {
+            Contents::Append(Vec::new())
+        };
+        Ok(MaterializedTable {
+            topic: def.topic().to_string(),
+            row_conv: schema_converter(&schema)?,
+            schema,
+            offsets: vec![0; partitions as usize],
+            contents,
+        })
+    }
+
+    /// Applies everything appended to the topic since the last call.
+    pub fn catch_up(&mut self, log: &dyn TopicLog) -> Result<()> {
+        for p in 0..self.offsets.len() {
+            loop {
+                let recs = log.read(&self.topic, p as u32, self.offsets[p], 1 << 20)?;
+                if recs.is_empty() {
+                    break;
+                }
+                for r in recs {
+                    self.offsets[p] = r.offset + r.batch.num_rows() as u64;
+                    self.apply(ChangeBatch::from_topic_batch(&r.batch)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, b: ChangeBatch) -> Result<()> {
+        if let Contents::Append(batches) = &mut self.contents {
+            if b.is_append_only() {
+                batches.push(b.data);
+                return Ok(());
+            }
+            // Retractions in a table without a key: switch to a multiset of rows.
+            let mut counts = HashMap::new();
+            for batch in batches.iter() {
+                let rows = self.row_conv.convert_columns(batch.columns())?;
+                for r in rows.iter() {
+                    *counts.entry(r.as_ref().to_vec()).or_insert(0) += 1;
+                }
+            }
+            self.contents = Contents::Multiset(counts);
+        }
+        let rows = self.row_conv.convert_columns(b.data.columns())?;
+        match &mut self.contents {
+            Contents::Append(_) => unreachable!("handled above"),
+            Contents::Keyed { key_idx, key_conv, rows: map } => {
+                let cols: Vec<_> = key_idx.iter().map(|i| b.data.column(*i).clone()).collect();
+                let keys = key_conv.convert_columns(&cols)?;
+                for i in 0..b.num_rows() {
+                    let k = keys.row(i).as_ref().to_vec();
+                    if b.ops[i].is_insertion() {
+                        map.insert(k, rows.row(i).as_ref().to_vec());
+                    } else {
+                        map.remove(&k);
+                    }
+                }
+            }
+            Contents::Multiset(counts) => {
+                for i in 0..b.num_rows() {
+                    let r = rows.row(i).as_ref().to_vec();
+                    let c = counts.entry(r.clone()).or_insert(0);
+                    *c += b.ops[i].weight();
+                    if *c <= 0 {
+                        counts.remove(&r);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The current rows (physical columns) as one batch.
+    pub fn snapshot(&self) -> Result<RecordBatch> {
+        let types = types_of(&self.schema);
+        let cols = match &self.contents {
+            Contents::Append(batches) => return Ok(concat_batches(&self.schema, batches)?),
+            Contents::Keyed { rows, .. } => {
+                let refs: Vec<&[u8]> = rows.values().map(|r| r.as_slice()).collect();
+                decode(&self.row_conv, &types, &refs)?
+            }
+            Contents::Multiset(counts) => {
+                let mut refs: Vec<&[u8]> = Vec::new();
+                for (r, c) in counts {
+                    for _ in 0..*c {
+                        refs.push(r.as_slice());
+                    }
+                }
+                decode(&self.row_conv, &types, &refs)?
+            }
+        };
+        Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
+    }
+
+    /// Number of current rows.
+    pub fn row_count(&self) -> usize {
+        match &self.contents {
+            Contents::Append(b) => b.iter().map(|b| b.num_rows()).sum(),
+            Contents::Keyed { rows, .. } => rows.len(),
+            Contents::Multiset(c) => c.values().map(|v| *v as usize).sum(),
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! A small cursor over sqlparser's tokens, for the statements Sluice parses itself (Flink's
+//! `CREATE TABLE` with watermarks and computed columns, `SHOW JOBS`, ...) and for rewriting
+//! Flink's window table-valued functions before handing a query to sqlparser.
+
+use sqlparser::dialect::GenericDialect;
+use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
+
+use crate::error::Result;
+
+/// Tokenizes `sql` with the dialect Sluice uses everywhere (generic: `"ident"` and `` `ident` ``).
+pub fn tokenize(sql: &str) -> Result<Vec<Token>> {
+    Ok(Tokenizer::new(&GenericDialect {}, sql).tokenize()?)
+}
+
+/// Renders tokens back to SQL text.
+pub fn render(tokens: &[Token]) -> String {
+    tokens.iter().map(|t| t.to_string()).collect()
+}
+
+/// Splits a script into statements at top-level semicolons; empty statements are dropped.
+pub fn split_statements(sql: &str) -> Result<Vec<String>> {
+    let tokens = tokenize(sql)?;
+    let mut out = Vec::new();
+    let mut cur: Vec<Token> = Vec::new();
+    let mut depth = 0i32;
+    for t in tokens {
+        match &t {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            Token::SemiColon if depth <= 0 => {
+                push_stmt(&mut out, &cur);
+                cur.clear();
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(t);
+    }
+    push_stmt(&mut out, &cur);
+    Ok(out)
+}
+
+fn push_stmt(out: &mut Vec<String>, toks: &[Token]) {
+    if toks.iter().any(|t| !is_trivia(t)) {
+        out.push(render(toks).trim().to_string());
+    }
+}
+
+/// Whitespace and comments.
+pub fn is_trivia(t: &Token) -> bool {
+    matches!(t, Token::Whitespace(_))
+}
+
+/// True for a newline/space/comment token.
+pub fn is_comment(t: &Token) -> bool {
+    matches!(t, Token::Whitespace(Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_)))
+}
+
+/// A cursor over the non-whitespace tokens of a statement.
+pub struct Cursor {
+    toks: Vec<Token>,
+    pos: usize,
+}
+
+impl Cursor {
+    /// Builds a cursor over `sql`, dropping whitespace and comments.
+    pub fn new(sql: &str) -> Result<Cursor> {
+        let toks = tokenize(sql)?.into_iter().filter(|t| !is_trivia(t)).collect();
+        Ok(Cursor { toks, pos: 0 })
+    }
+
+    /// The next token without consuming it.
+    pub fn peek(&self) -> &Token {
+        self.toks.get(self.pos).unwrap_or(&Token::EOF)
+    }
+
+    /// The token `n` ahead without consuming.
+    pub fn peek_n(&self, n: usize) -> &Token {
+        self.toks.get(self.pos + n).unwrap_or(&Token::EOF)
+    }
+
+    /// Consumes and returns the next token.
+    pub fn next(&mut self) -> Token {
+        let t = self.peek().clone();
+        if self.pos < self.toks.len() {
+            self.pos += 1;
+        }
+        t
+    }
+
+    /// True when every token is consumed (a trailing semicolon is ignored).
+    pub fn at_end(&self) -> bool {
+        matches!(self.peek(), Token::EOF | Token::SemiColon)
+    }
+
+    /// True if the next token is the (unquoted) keyword `kw`, case-insensitively.
+    pub fn peek_kw(&self, kw: &str) -> bool {
+        is_kw(self.peek(), kw)
+    }
+
+    /// Consumes the keyword `kw` if it is next.
+    pub fn eat_kw(&mut self, kw: &str) -> bool {
+        if self.peek_kw(kw) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Consumes a sequence of keywords if all are next.
+    pub fn eat_kws(&mut self, kws: &[&str]) -> bool {
+        if kws.iter().enumerate().all(|(i, k)| is_kw(self.peek_n(i), k)) {
+            self.pos += kws.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Consumes `t` if it is next.
+    pub fn eat(&mut self, t: &Token) -> bool {
+        if self.peek() == t {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Requires the token `t`.
+    pub fn expect(&mut self, t: &Token, what: &str) -> Result<()> {
+        if self.eat(t) {
+            Ok(())
+        } else {
+            Err(crate::PlanError::Syntax(format!("expected {what}, found {}", self.peek())))
+        }
+    }
+
+    /// Reads an identifier: unquoted names are lower-cased (as PostgreSQL and DataFusion do),
+    /// quoted ones (`"X"`, `` `X.Y` ``) keep their case and characters.
+    pub fn ident(&mut self) -> Result<String> {
+        match self.next() {
+            Token::Word(w) => Ok(match w.quote_style {
+                Some(_) => w.value,
+                None => w.value.to_lowercase(),
+            }),
+            other => Err(crate::PlanError::Syntax(format!("expected an identifier, found {other}"))),
+        }
+    }
+
+    /// Reads a possibly dotted name (`a.b.c`, `` `a.b` ``), returning the last part as the
+    /// object name: Sluice has one catalog and one database.
+    pub fn object_name(&mut self) -> Result<String> {
+        let mut name = self.ident()?;
+        while self.peek() == &Token::Period {
+            self.next();
+            name = self.ident()?;
+        }
+        Ok(name)
+    }
+
+    /// Reads a single-quoted string literal.
+    pub fn string(&mut self) -> Result<String> {
+        match self.next() {
+            Token::SingleQuotedString(s) => Ok(s),
+            other => Err(crate::PlanError::Syntax(format!("expected a quoted string, found {other}"))),
+        }
+    }
+
+    /// Collects tokens up to (not including) a top-level `,` or `)` and returns them as text.
+    pub fn until_list_end(&mut self) -> String {
+        let start = self.pos;
+        let mut depth = 0;
+        while !matches!(self.peek(), Token::EOF) {
+            match self.peek() {
+                Token::LParen => depth += 1,
+                Token::RParen if depth == 0 => break,
+                Token::RParen => depth -= 1,
+                Token::Comma if depth == 0 => break,
+                _ => {}
+            }
+            self.pos += 1;
+        }
+        self.toks[start..self.pos].iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" ")
+    }
+
+    /// The remaining tokens as text.
+    pub fn rest(&mut self) -> String {
+        let s = self.toks[self.pos..].iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" ");
+        self.pos = self.toks.len();
+        s
+    }
+}
+
+/// True if `t` is the unquoted keyword `kw` (case-insensitive).
+pub fn is_kw(t: &Token, kw: &str) -> bool {
+    matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(kw))
+}

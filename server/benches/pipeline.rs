@@ -1,0 +1,149 @@
+//! End-to-end figures for Sluice on this machine, printed (not asserted):
+//!
+//! 1. ingest over pgwire: multi-row `INSERT` and `COPY FROM STDIN` (rows/s);
+//! 2. the stolen-card pipeline (join + 2-hour TUMBLE + HAVING) over 10 000 customers and
+//!    `SLUICE_BENCH_TX` (default 5 000 000) transactions already in the embedded topic:
+//!    transactions/s end to end, time to `FLUSH`, peak RSS of the daemon;
+//! 3. the same join + window fed by `datagen` into `blackhole`, so the identical SQL can be
+//!    timed on Flink: events/s.
+//!
+//! `cargo bench -p sluice-server --bench pipeline`
+
+use std::time::Instant;
+
+use futures::SinkExt;
+use sluice_sqllogictest::ServerProcess;
+use tokio_postgres::{Client, NoTls};
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+async fn connect(port: u16) -> Client {
+    let (c, conn) = tokio_postgres::connect(&format!("host=127.0.0.1 port={port} user=sluice dbname=sluice"), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    c
+}
+
+const CUSTOMERS_DDL: &str = "CREATE TABLE `ORCL.ADMIN.CUSTOMERS` (ID BIGINT, FIRST_NAME STRING, LAST_NAME STRING, EMAIL STRING, AVG_CREDIT_SPEND DOUBLE, PRIMARY KEY (ID) NOT ENFORCED)";
+const TX_DDL: &str = "CREATE TABLE credit_card_transactions (user_id BIGINT, credit_card_number STRING, amount DOUBLE, transaction_timestamp STRING)";
+
+fn tx_csv(from: u64, n: u64, customers: u64) -> String {
+    let mut s = String::with_capacity(n as usize * 48);
+    for i in from..from + n {
+        let user = (i * 7919) % customers + 1;
+        let amount = ((i * 31) % 20000) as f64 / 100.0;
+        // One second of event time per transaction: 2-hour windows close as data flows.
+        let secs = i;
+        let ts = format!("2024-05-{:02} {:02}:{:02}:{:02}", 1 + secs / 86400 % 28, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+        s.push_str(&format!("{user},4000-{user:04},{amount},{ts}\n"));
+    }
+    s
+}
+
+async fn copy_csv(c: &Client, table: &str, data: String) -> u64 {
+    let sink = c.copy_in(&format!("COPY {table} FROM STDIN WITH (FORMAT csv)")).await.unwrap();
+    futures::pin_mut!(sink);
+    sink.send(bytes::Bytes::from(data)).await.unwrap();
+    sink.finish().await.unwrap()
+}
+
+fn main() {
+    let total: u64 = std::env::var("SLUICE_BENCH_TX").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000_000);
+    let customers: u64 = 10_000;
+    let dir = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = ServerProcess::start(std::path::Path::new(env!("CARGO_BIN_EXE_sluice")), &dir).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let c = connect(server.port()).await;
+        c.batch_execute(CUSTOMERS_DDL).await.unwrap();
+        c.batch_execute(TX_DDL).await.unwrap();
+        c.batch_execute("CREATE TABLE ingest (user_id BIGINT, credit_card_number STRING, amount DOUBLE, transaction_timestamp STRING)").await.unwrap();
+
+        // 1. Ingest over pgwire.
+        let rows = 100_000u64;
+        let t = Instant::now();
+        for chunk in 0..rows / 1000 {
+            let values: Vec<String> = tx_csv(chunk * 1000, 1000, customers)
+                .lines()
+                .map(|l| {
+                    let f: Vec<&str> = l.split(',').collect();
+                    format!("({}, '{}', {}, '{}')", f[0], f[1], f[2], f[3])
+                })
+                .collect();
+            c.batch_execute(&format!("INSERT INTO ingest VALUES {}", values.join(", "))).await.unwrap();
+        }
+        let insert_rate = rows as f64 / t.elapsed().as_secs_f64();
+        let copy_rows = 1_000_000u64;
+        let data = tx_csv(0, copy_rows, customers);
+        let t = Instant::now();
+        copy_csv(&c, "ingest", data).await;
+        let copy_rate = copy_rows as f64 / t.elapsed().as_secs_f64();
+        println!("ingest: multi-row INSERT (1000 rows/statement): {insert_rate:.0} rows/s");
+        println!("ingest: COPY FROM STDIN (csv): {copy_rate:.0} rows/s");
+
+        // 2. The stolen-card pipeline over data already in the topics.
+        let mut cust = String::new();
+        for id in 1..=customers {
+            cust.push_str(&format!("{id},First{id},Last{id},user{id}@example.com,{}\n", 50 + id % 400));
+        }
+        copy_csv(&c, "`ORCL.ADMIN.CUSTOMERS`", cust).await;
+        let chunk = 500_000u64;
+        let mut loaded = 0;
+        while loaded < total {
+            let n = chunk.min(total - loaded);
+            copy_csv(&c, "credit_card_transactions", tx_csv(loaded, n, customers)).await;
+            loaded += n;
+        }
+        let sql = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/stolen-cards/pipeline.sql")).unwrap();
+        let t = Instant::now();
+        c.batch_execute(&sql).await.unwrap();
+        let tf = Instant::now();
+        c.batch_execute("FLUSH").await.unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        let flush = tf.elapsed().as_secs_f64();
+        let flagged = c.query_one("SELECT count(*) FROM fd_possible_stolen_card", &[]).await.unwrap().get::<_, i64>(0);
+        println!(
+            "stolen-card pipeline (embedded topics, {customers} customers, {total} transactions): {:.0} transactions/s end to end, FLUSH returned after {flush:.1} s, {flagged} cards flagged, daemon peak RSS {:.0} MiB",
+            total as f64 / secs,
+            peak_rss_mib(server.pid())
+        );
+
+        // 3. datagen -> join + TUMBLE + SUM + HAVING -> blackhole.
+        let gen_sql = format!(
+            "CREATE TABLE gen_customers (id BIGINT, avg_credit_spend DOUBLE) WITH ('connector' = 'datagen', 'rows-per-second' = '1000000000',
+               'fields.id.kind' = 'sequence', 'fields.id.start' = '0', 'fields.id.end' = '{}', 'fields.avg_credit_spend.min' = '50', 'fields.avg_credit_spend.max' = '500');
+             CREATE TABLE gen_tx (seq BIGINT, amount DOUBLE, user_id AS seq % {customers}, ts AS TO_TIMESTAMP_LTZ(seq * 10, 3),
+               WATERMARK FOR ts AS ts) WITH ('connector' = 'datagen', 'rows-per-second' = '1000000000',
+               'fields.seq.kind' = 'sequence', 'fields.seq.start' = '0', 'fields.seq.end' = '{}', 'fields.amount.min' = '1', 'fields.amount.max' = '200');
+             CREATE TABLE gen_out (window_start TIMESTAMP(3), window_end TIMESTAMP(3), user_id BIGINT, total DOUBLE) WITH ('connector' = 'blackhole');",
+            customers - 1,
+            total - 1
+        );
+        c.batch_execute(&gen_sql).await.unwrap();
+        let t = Instant::now();
+        c.batch_execute(
+            "INSERT INTO gen_out SELECT window_start, window_end, user_id, SUM(amount) FROM TABLE(TUMBLE(TABLE gen_tx, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY window_start, window_end, user_id HAVING SUM(amount) > 100",
+        )
+        .await
+        .unwrap();
+        c.batch_execute("FLUSH").await.unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        println!("datagen -> TUMBLE + SUM + HAVING -> blackhole: {:.0} events/s ({total} events)", total as f64 / secs);
+        println!("daemon peak RSS after all runs: {:.0} MiB", peak_rss_mib(server.pid()));
+    });
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,74 @@
+//! Daemon configuration, layered as Arroyo does: built-in defaults, then a TOML file
+//! (`sluice.toml` in the working directory, or `--config PATH`), then `SLUICE_*` environment
+//! variables, then command-line flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Command-line flags of the `sluice` daemon.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about = "Sluice: a streaming SQL server that speaks the PostgreSQL wire protocol")]
+pub struct Cli {
+    /// Address to listen on for PostgreSQL clients [default: 127.0.0.1:4488; env SLUICE_LISTEN]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Directory holding the catalog, topics and operator state [default: ./sluice-data; env SLUICE_DATA_DIR]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log filter, as tracing's EnvFilter [default: info; env SLUICE_LOG or RUST_LOG]
+    #[arg(long, value_name = "FILTER")]
+    pub log: Option<String>,
+    /// Configuration file [default: ./sluice.toml when present]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    /// Listen address for the PostgreSQL wire protocol.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Log filter.
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:4488".parse().expect("valid address"),
+            data_dir: PathBuf::from("sluice-data"),
+            log: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Resolves the configuration from all layers.
+    ///
+    /// Errors: a malformed file or environment value (figment names the key).
+    pub fn load(cli: &Cli) -> Result<Config, figment::Error> {
+        let file = cli.config.clone().unwrap_or_else(|| PathBuf::from("sluice.toml"));
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if cli.config.is_some() || file.exists() {
+            fig = fig.merge(Toml::file(&file));
+        }
+        fig = fig.merge(Env::prefixed("SLUICE_"));
+        if let Some(l) = cli.listen {
+            fig = fig.merge(Serialized::default("listen", l));
+        }
+        if let Some(d) = &cli.data_dir {
+            fig = fig.merge(Serialized::default("data_dir", d));
+        }
+        if let Some(l) = &cli.log {
+            fig = fig.merge(Serialized::default("log", l));
+        }
+        fig.extract()
+    }
+}

@@ -1,0 +1,843 @@
+//! Statement dispatch: one method per statement kind, over the catalog, the topic log, the job
+//! runtime and a DataFusion context for batch queries.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::{DFSchema, ParamValues, TableReference};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::Statement as DfStatement;
+use sluice_catalog::{ChangeBatch, JobDef, JobState, Op, Store, TableDef};
+use sluice_connectors::options::TableConnector;
+use sluice_connectors::{EmbeddedLog, TopicLog};
+use sluice_executor::job::partition_batches;
+use sluice_executor::{JobRuntime, MaterializedTable};
+use sluice_planner::stream::{plan_dataflow, TableLookup};
+use sluice_planner::{parse_statement, resolve_table, streaming_logical_plan, SluiceStatement};
+use sqlparser::ast::{
+    AssignmentTarget, CopySource, CopyTarget, FromTable, Insert, ObjectName, ObjectNamePart, Query, SetExpr,
+    Statement, TableFactor, TableObject,
+};
+
+use crate::copy::CopyFormat;
+use crate::errors::{SqlError, SqlResult};
+use crate::provider::{LogHandle, SluiceTable, TableEntry};
+
+/// What a statement returns to the client.
+#[derive(Debug)]
+pub enum Output {
+    /// Rows.
+    Rows {
+        /// Their schema.
+        schema: SchemaRef,
+        /// The rows.
+        batches: Vec<RecordBatch>,
+    },
+    /// A command tag (`CREATE TABLE`, `INSERT 0 3`, ...) and an optional notice.
+    Command {
+        /// The tag.
+        tag: String,
+        /// Sent as a NOTICE before the tag.
+        notice: Option<String>,
+    },
+    /// `COPY FROM STDIN`: the server now expects copy data for this target.
+    CopyIn(CopyInTarget),
+}
+
+/// The target of a `COPY FROM STDIN` in progress.
+#[derive(Debug, Clone)]
+pub struct CopyInTarget {
+    /// The table.
+    pub table: String,
+    /// The columns the data holds, in order.
+    pub columns: Vec<String>,
+    /// The data format.
+    pub format: CopyFormat,
+}
+
+/// How long `FLUSH` waits at most.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The engine behind every session.
+pub struct Engine {
+    store: Store,
+    log: Arc<dyn TopicLog>,
+    runtime: Arc<JobRuntime>,
+    ctx: SessionContext,
+    tables: RwLock<BTreeMap<String, Arc<TableEntry>>>,
+    jobs: RwLock<BTreeMap<String, JobDef>>,
+    /// Serializes catalog changes (CREATE / DROP / job start) against each other.
+    ddl: tokio::sync::Mutex<()>,
+    /// Serializes writes per table, so a write's rows stay together.
+    writes: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+struct Lookup<'a>(&'a BTreeMap<String, Arc<TableEntry>>);
+
+impl TableLookup for Lookup<'_> {
+    fn table(&self, name: &str) -> Option<TableDef> {
+        self.0.get(name).map(|e| e.def.clone())
+    }
+}
+
+/// The table name an `ObjectName` refers to: its last part, lower-cased unless quoted.
+pub fn table_name(name: &ObjectName) -> String {
+    match name.0.last() {
+        Some(ObjectNamePart::Identifier(id)) => {
+            if id.quote_style.is_some() {
+                id.value.clone()
+            } else {
+                id.value.to_lowercase()
+            }
+        }
+        Some(other) => other.to_string(),
+        None => String::new(),
+    }
+}
+
+fn ident_name(id: &sqlparser::ast::Ident) -> String {
+    if id.quote_style.is_some() {
+        id.value.clone()
+    } else {
+        id.value.to_lowercase()
+    }
+}
+
+fn text_schema(cols: &[&str]) -> SchemaRef {
+    Arc::new(Schema::new(cols.iter().map(|c| Field::new(*c, DataType::Utf8, true)).collect::<Vec<_>>()))
+}
+
+fn new_job_id() -> String {
+    use rand::Rng;
+    let mut r = rand::rng();
+    format!("{:016x}{:016x}", r.random::<u64>(), r.random::<u64>())
+}
+
+/// True when the query reads a table (then `INSERT INTO ... SELECT` is a persistent query).
+fn reads_tables(q: &Query) -> bool {
+    fn set_expr(s: &SetExpr) -> bool {
+        match s {
+            SetExpr::Select(sel) => !sel.from.is_empty(),
+            SetExpr::Query(q) => reads_tables(q),
+            SetExpr::SetOperation { left, right, .. } => set_expr(left) || set_expr(right),
+            SetExpr::Values(_) => false,
+            _ => true,
+        }
+    }
+    set_expr(&q.body)
+}
+
+impl Engine {
+    /// Opens the data directory: the store, the topic log, the catalog; restarts the jobs that
+    /// were running, each from its last checkpoint.
+    pub async fn open(data_dir: &Path) -> SqlResult<Arc<Engine>> {
+        let store = Store::open(data_dir)?;
+        let log: Arc<dyn TopicLog> = Arc::new(EmbeddedLog::open(store.clone())?);
+        let runtime = JobRuntime::new(store.clone(), log.clone());
+        let engine = Arc::new(Engine {
+            ctx: sluice_planner::session_context(),
+            store: store.clone(),
+            log,
+            runtime,
+            tables: RwLock::new(BTreeMap::new()),
+            jobs: RwLock::new(BTreeMap::new()),
+            ddl: tokio::sync::Mutex::new(()),
+            writes: Mutex::new(HashMap::new()),
+        });
+        engine.ctx.register_table(
+            TableReference::bare("sluice_jobs"),
+            Arc::new(crate::provider::JobsTable { engine: Arc::downgrade(&engine), schema: jobs_schema() }),
+        )?;
+        for def in store.tables()? {
+            let (def, connector) = resolve_table(&engine.ctx, def)?;
+            engine.register(def, connector)?;
+        }
+        for job in store.jobs()? {
+            let id = job.id.clone();
+            let running = job.state == JobState::Running;
+            engine.jobs.write().unwrap().insert(id.clone(), job.clone());
+            if running {
+                if let Err(e) = engine.start_job(&job).await {
+                    tracing::error!(job = %id, error = %e.message, "could not resume job");
+                    let mut j = job.clone();
+                    j.state = JobState::Failed;
+                    j.error = Some(e.message.clone());
+                    store.put_job(&j)?;
+                    engine.jobs.write().unwrap().insert(id, j);
+                }
+            }
+        }
+        Ok(engine)
+    }
+
+    /// Stops every job, each committing a last checkpoint.
+    pub fn shutdown(&self) {
+        self.runtime.stop_all();
+    }
+
+    fn register(&self, def: TableDef, connector: TableConnector) -> SqlResult<Arc<TableEntry>> {
+        let schema = def.schema()?;
+        let computed = if def.has_computed_columns() {
+            let physical = def.physical_schema()?;
+            let df = DFSchema::try_from(physical.as_ref().clone())?;
+            let mut exprs = Vec::new();
+            for c in &def.columns {
+                let e = match &c.computed {
+                    Some(sql) => self.ctx.parse_sql_expr(sql, &df)?,
+                    None => datafusion::logical_expr::col(datafusion::common::Column::from_name(&c.name)),
+                };
+                exprs.push(self.ctx.state().create_physical_expr(e, &df)?);
+            }
+            Some(exprs)
+        } else {
+            None
+        };
+        let materialized = match connector {
+            TableConnector::Topic { .. } => Some(MaterializedTable::try_new(&def, self.log.partitions(def.topic())?)?),
+            _ => None,
+        };
+        let entry = Arc::new(TableEntry { def, connector, schema, computed, materialized: Mutex::new(materialized) });
+        let provider = SluiceTable { entry: entry.clone(), log: Arc::new(LogHandle(self.log.clone())) };
+        self.ctx.register_table(TableReference::bare(entry.def.name.clone()), Arc::new(provider))?;
+        self.tables.write().unwrap().insert(entry.def.name.clone(), entry.clone());
+        Ok(entry)
+    }
+
+    fn table(&self, name: &str) -> SqlResult<Arc<TableEntry>> {
+        self.tables.read().unwrap().get(name).cloned().ok_or_else(|| SqlError::unknown_table(name))
+    }
+
+    /// Runs one statement. `params` are the bound values of `$n` placeholders.
+    pub async fn execute(&self, sql: &str, params: Option<ParamValues>) -> SqlResult<Output> {
+        match parse_statement(sql)? {
+            SluiceStatement::CreateTable(ct) => self.create_table(ct.def, ct.if_not_exists).await,
+            SluiceStatement::ShowTables => self.show_tables(),
+            SluiceStatement::ShowJobs => self.show_jobs(),
+            SluiceStatement::ShowCreateTable(n) => {
+                let t = self.table(&n)?;
+                one_row(&["create_table"], vec![t.def.create_sql.clone()])
+            }
+            SluiceStatement::Describe(n) => self.describe_table(&n),
+            SluiceStatement::StopJob(id) => self.stop_job(&id).await,
+            SluiceStatement::Flush => {
+                let rt = self.runtime.clone();
+                tokio::task::spawn_blocking(move || rt.flush(FLUSH_TIMEOUT))
+                    .await
+                    .map_err(|e| SqlError::new("XX000", e.to_string()))??;
+                Ok(Output::Command { tag: "FLUSH".into(), notice: None })
+            }
+            SluiceStatement::DropTable { name, if_exists } => self.drop_table(&name, if_exists).await,
+            SluiceStatement::Explain(inner) => self.explain(&inner).await,
+            SluiceStatement::Sql(stmt) => self.execute_sql(*stmt, sql, params).await,
+        }
+    }
+
+    async fn execute_sql(&self, stmt: Statement, sql: &str, params: Option<ParamValues>) -> SqlResult<Output> {
+        match stmt {
+            Statement::Query(_) => {
+                let plan = self.df_plan(stmt, params).await?;
+                let df = self.ctx.execute_logical_plan(plan).await?;
+                let schema = Arc::new(df.schema().as_arrow().clone());
+                let batches = df.collect().await?;
+                Ok(Output::Rows { schema, batches })
+            }
+            Statement::Insert(ins) => self.insert(ins, sql, params).await,
+            Statement::Update(u) => {
+                let name = match &u.table.relation {
+                    TableFactor::Table { name, .. } => table_name(name),
+                    other => return Err(SqlError::unsupported(format!("UPDATE of {other}"))),
+                };
+                let entry = self.upsert_table(&name, "UPDATE")?;
+                let mut assigned: HashMap<String, String> = HashMap::new();
+                for a in &u.assignments {
+                    match &a.target {
+                        AssignmentTarget::ColumnName(c) => {
+                            assigned.insert(table_name(c), a.value.to_string());
+                        }
+                        AssignmentTarget::Tuple(_) => return Err(SqlError::unsupported("UPDATE of a column tuple")),
+                    }
+                }
+                for k in assigned.keys() {
+                    if entry.def.primary_key.contains(k) {
+                        return Err(SqlError::unsupported(format!("UPDATE of primary key column \"{k}\"")));
+                    }
+                    if entry.def.column_index(k).is_none() {
+                        return Err(SqlError::new("42703", format!("column \"{k}\" of table \"{name}\" does not exist")));
+                    }
+                }
+                let cols = entry
+                    .def
+                    .columns
+                    .iter()
+                    .filter(|c| c.computed.is_none())
+                    .map(|c| {
+                        let q = quote_ident(&c.name);
+                        match assigned.get(&c.name) {
+                            Some(v) => format!("{v} AS {q}"),
+                            None => q,
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let filter = u.selection.as_ref().map(|s| format!(" WHERE {s}")).unwrap_or_default();
+                let select = format!("SELECT {cols} FROM {}{filter}", quote_ident(&name));
+                let n = self.write_query_rows(&entry, &select, params, Op::UpdateAfter).await?;
+                Ok(Output::Command { tag: format!("UPDATE {n}"), notice: None })
+            }
+            Statement::Delete(d) => {
+                let tables = match &d.from {
+                    FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
+                };
+                let name = match tables.first().map(|t| &t.relation) {
+                    Some(TableFactor::Table { name, .. }) => table_name(name),
+                    _ => return Err(SqlError::unsupported("DELETE needs one table")),
+                };
+                let entry = self.upsert_table(&name, "DELETE")?;
+                let cols = entry
+                    .def
+                    .columns
+                    .iter()
+                    .filter(|c| c.computed.is_none())
+                    .map(|c| quote_ident(&c.name))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let filter = d.selection.as_ref().map(|s| format!(" WHERE {s}")).unwrap_or_default();
+                let select = format!("SELECT {cols} FROM {}{filter}", quote_ident(&name));
+                let n = self.write_query_rows(&entry, &select, params, Op::Delete).await?;
+                Ok(Output::Command { tag: format!("DELETE {n}"), notice: None })
+            }
+            Statement::Copy { source, to, target, options, legacy_options, .. } => {
+                if to {
+                    return Err(SqlError::unsupported("COPY TO; use SELECT"));
+                }
+                if !matches!(target, CopyTarget::Stdin) {
+                    return Err(SqlError::unsupported("COPY FROM a file; use COPY ... FROM STDIN (psql's \\copy)"));
+                }
+                let CopySource::Table { table_name: tn, columns } = source else {
+                    return Err(SqlError::unsupported("COPY of a query"));
+                };
+                let name = table_name(&tn);
+                let entry = self.table(&name)?;
+                if !matches!(entry.connector, TableConnector::Topic { .. }) {
+                    return Err(SqlError::unsupported(format!("COPY into a {} table", entry.def.connector().unwrap_or("?"))));
+                }
+                let physical: Vec<String> =
+                    entry.def.columns.iter().filter(|c| c.computed.is_none()).map(|c| c.name.clone()).collect();
+                let columns: Vec<String> = if columns.is_empty() { physical.clone() } else { columns.iter().map(ident_name).collect() };
+                for c in &columns {
+                    if !physical.contains(c) {
+                        return Err(SqlError::new("42703", format!("column \"{c}\" of table \"{name}\" does not exist")));
+                    }
+                }
+                let format = CopyFormat::from_options(&options, &legacy_options)?;
+                Ok(Output::CopyIn(CopyInTarget { table: name, columns, format }))
+            }
+            Statement::Set(_) => Ok(Output::Command { tag: "SET".into(), notice: None }),
+            Statement::StartTransaction { .. } => Ok(Output::Command { tag: "BEGIN".into(), notice: None }),
+            Statement::Commit { .. } => Ok(Output::Command { tag: "COMMIT".into(), notice: None }),
+            Statement::Rollback { .. } => Ok(Output::Command { tag: "ROLLBACK".into(), notice: None }),
+            Statement::ShowVariable { variable } => {
+                let name = variable.iter().map(|i| i.value.to_lowercase()).collect::<Vec<_>>().join(" ");
+                let value = match name.as_str() {
+                    "transaction isolation level" | "transaction_isolation" => "read committed",
+                    "server_version" => "15.0 (Sluice)",
+                    "standard_conforming_strings" => "on",
+                    "timezone" => "UTC",
+                    _ => "",
+                };
+                one_row(&[&name], vec![value.to_string()])
+            }
+            other => Err(SqlError::unsupported(format!(
+                "the statement {} is not supported",
+                other.to_string().split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+            ))),
+        }
+    }
+
+    async fn df_plan(&self, stmt: Statement, params: Option<ParamValues>) -> SqlResult<LogicalPlan> {
+        let plan = self.ctx.state().statement_to_plan(DfStatement::Statement(Box::new(stmt))).await?;
+        Ok(match params {
+            Some(p) => plan.with_param_values(p)?,
+            None => plan,
+        })
+    }
+
+    /// Plans a statement without running it: the parameter types and the row schema (None when
+    /// it returns no rows), for the extended protocol's Describe.
+    pub async fn describe(&self, sql: &str) -> SqlResult<(Vec<Option<DataType>>, Option<SchemaRef>)> {
+        let stmt = parse_statement(sql)?;
+        let fixed = |cols: &[&str]| Ok((vec![], Some(text_schema(cols))));
+        match stmt {
+            SluiceStatement::ShowTables => fixed(&["table_name"]),
+            SluiceStatement::ShowJobs => Ok((vec![], Some(jobs_schema()))),
+            SluiceStatement::ShowCreateTable(_) => fixed(&["create_table"]),
+            SluiceStatement::Describe(_) => Ok((vec![], Some(describe_schema()))),
+            SluiceStatement::Explain(_) => fixed(&["plan_type", "plan"]),
+            SluiceStatement::Sql(s) => match *s {
+                Statement::Query(_) => {
+                    let plan = self.df_plan(*s, None).await?;
+                    Ok((param_types(&plan)?, Some(Arc::new(plan.schema().as_arrow().clone()))))
+                }
+                Statement::Insert(ref ins) if ins.source.as_ref().map(|q| !reads_tables(q)).unwrap_or(false) => {
+                    let plan = self.df_plan(*s, None).await?;
+                    Ok((param_types(&plan)?, None))
+                }
+                Statement::ShowVariable { ref variable } => {
+                    let name = variable.iter().map(|i| i.value.to_lowercase()).collect::<Vec<_>>().join(" ");
+                    Ok((vec![], Some(text_schema(&[&name]))))
+                }
+                Statement::Update(_) | Statement::Delete(_) => Ok((placeholder_count_types(sql), None)),
+                _ => Ok((vec![], None)),
+            },
+            _ => Ok((vec![], None)),
+        }
+    }
+
+    async fn create_table(&self, def: TableDef, if_not_exists: bool) -> SqlResult<Output> {
+        let _g = self.ddl.lock().await;
+        if self.tables.read().unwrap().contains_key(&def.name) {
+            if if_not_exists {
+                return Ok(Output::Command { tag: "CREATE TABLE".into(), notice: None });
+            }
+            return Err(SqlError::new("42P07", format!("table \"{}\" already exists", def.name)));
+        }
+        let (def, connector) = resolve_table(&self.ctx, def)?;
+        if let TableConnector::Topic { partitions } = connector {
+            self.log.create_topic(def.topic(), partitions)?;
+        }
+        if let Err(e) = self.store.put_table(&def) {
+            let _ = self.log.delete_topic(def.topic());
+            return Err(e.into());
+        }
+        self.register(def, connector)?;
+        Ok(Output::Command { tag: "CREATE TABLE".into(), notice: None })
+    }
+
+    async fn drop_table(&self, name: &str, if_exists: bool) -> SqlResult<Output> {
+        let _g = self.ddl.lock().await;
+        let Some(entry) = self.tables.read().unwrap().get(name).cloned() else {
+            if if_exists {
+                return Ok(Output::Command { tag: "DROP TABLE".into(), notice: None });
+            }
+            return Err(SqlError::unknown_table(name));
+        };
+        for job in self.jobs.read().unwrap().values() {
+            let running = self.runtime.status(&job.id).map(|s| s.is_running()).unwrap_or(false);
+            if running && (job.sink == name || job.sources.iter().any(|s| s == name)) {
+                return Err(SqlError::new(
+                    "2BP01",
+                    format!(
+                        "cannot drop table \"{name}\" because running job {} {} it; STOP JOB '{}' first",
+                        job.id,
+                        if job.sink == name { "writes" } else { "reads" },
+                        job.id
+                    ),
+                ));
+            }
+        }
+        self.ctx.deregister_table(TableReference::bare(name.to_string()))?;
+        self.tables.write().unwrap().remove(name);
+        self.store.delete_table(name)?;
+        if matches!(entry.connector, TableConnector::Topic { .. }) {
+            self.log.delete_topic(entry.def.topic())?;
+        }
+        Ok(Output::Command { tag: "DROP TABLE".into(), notice: None })
+    }
+
+    fn upsert_table(&self, name: &str, what: &str) -> SqlResult<Arc<TableEntry>> {
+        let entry = self.table(name)?;
+        if !entry.def.is_upsert() {
+            return Err(SqlError::unsupported(format!(
+                "{what} needs a table with a PRIMARY KEY; \"{name}\" is append-only"
+            )));
+        }
+        Ok(entry)
+    }
+
+    /// Runs `select` (physical columns of `entry`) and writes its rows with `op`.
+    async fn write_query_rows(&self, entry: &TableEntry, select: &str, params: Option<ParamValues>, op: Op) -> SqlResult<usize> {
+        let stmt = match parse_statement(select)? {
+            SluiceStatement::Sql(s) => *s,
+            _ => return Err(SqlError::new("XX000", "internal: bad generated query")),
+        };
+        let plan = self.df_plan(stmt, params).await?;
+        let batches = self.ctx.execute_logical_plan(plan).await?.collect().await?;
+        let schema = entry.def.physical_schema()?;
+        let mut out = Vec::new();
+        for b in batches {
+            let cols = b
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { arrow::compute::cast(c, f.data_type()) })
+                .collect::<Result<Vec<_>, _>>()?;
+            let data = RecordBatch::try_new(schema.clone(), cols)?;
+            let n = data.num_rows();
+            out.push(ChangeBatch::new(data, vec![op; n]));
+        }
+        self.append(entry, out)
+    }
+
+    /// Appends change batches to a table's topic; returns the row count.
+    fn append(&self, entry: &TableEntry, batches: Vec<ChangeBatch>) -> SqlResult<usize> {
+        let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+        if n == 0 {
+            return Ok(0);
+        }
+        let schema = entry.def.physical_schema()?;
+        for b in &batches {
+            for (i, f) in schema.fields().iter().enumerate() {
+                if !f.is_nullable() && b.data.column(i).null_count() > 0 {
+                    return Err(SqlError::new(
+                        "23502",
+                        format!("null value in column \"{}\" of table \"{}\" violates not-null constraint", f.name(), entry.def.name),
+                    ));
+                }
+            }
+        }
+        let topic_batches = batches.iter().map(|b| b.to_topic_batch()).collect::<Result<Vec<_>, _>>()?;
+        let key: Vec<usize> = if entry.def.is_upsert() {
+            entry.def.primary_key.iter().filter_map(|k| schema.index_of(k).ok()).collect()
+        } else {
+            (0..schema.fields().len()).collect()
+        };
+        let writes = partition_batches(&topic_batches, entry.def.partitions, &key)?;
+        let lock = self.writes.lock().unwrap().entry(entry.def.name.clone()).or_default().clone();
+        let _g = lock.lock().unwrap();
+        self.log.append(entry.def.topic(), &writes, &mut |_| Ok(()))?;
+        Ok(n)
+    }
+
+    /// Writes rows parsed from `COPY FROM STDIN` data.
+    pub fn copy_in(&self, target: &CopyInTarget, data: &[u8]) -> SqlResult<usize> {
+        let entry = self.table(&target.table)?;
+        let physical = entry.def.physical_schema()?;
+        let fields: Vec<Field> = target
+            .columns
+            .iter()
+            .map(|c| physical.field_with_name(c).map(|f| f.clone()))
+            .collect::<Result<_, _>>()?;
+        let parsed = crate::copy::parse(data, &target.format, &Arc::new(Schema::new(fields)))?;
+        let cols: Vec<ArrayRef> = physical
+            .fields()
+            .iter()
+            .map(|f| match target.columns.iter().position(|c| c == f.name()) {
+                Some(i) => parsed.column(i).clone(),
+                None => arrow::array::new_null_array(f.data_type(), parsed.num_rows()),
+            })
+            .collect();
+        let data = RecordBatch::try_new(physical, cols)?;
+        self.append(&entry, vec![ChangeBatch::inserts(data)])
+    }
+
+    async fn insert(&self, ins: Insert, sql: &str, params: Option<ParamValues>) -> SqlResult<Output> {
+        let TableObject::TableName(tn) = &ins.table else {
+            return Err(SqlError::unsupported("INSERT INTO a table function"));
+        };
+        let name = table_name(tn);
+        let entry = self.table(&name)?;
+        let Some(source) = &ins.source else {
+            return Err(SqlError::unsupported("INSERT without VALUES or SELECT"));
+        };
+        if reads_tables(source) {
+            if params.as_ref().map(|p| !matches!(p, ParamValues::List(l) if l.is_empty())).unwrap_or(false) {
+                return Err(SqlError::unsupported("parameters in a persistent query"));
+            }
+            return self.create_job(ins, sql).await;
+        }
+        if !matches!(entry.connector, TableConnector::Topic { .. }) {
+            return Err(SqlError::unsupported(format!(
+                "INSERT ... VALUES into a {} table",
+                entry.def.connector().unwrap_or("?")
+            )));
+        }
+        if entry.computed.is_some() {
+            return Err(SqlError::unsupported("INSERT ... VALUES into a table with computed columns"));
+        }
+        let plan = self.df_plan(Statement::Insert(ins), params).await?;
+        let LogicalPlan::Dml(dml) = plan else {
+            return Err(SqlError::new("XX000", "internal: INSERT did not plan as DML"));
+        };
+        let batches = self.ctx.execute_logical_plan(dml.input.as_ref().clone()).await?.collect().await?;
+        let schema = entry.def.physical_schema()?;
+        let mut out = Vec::new();
+        for b in batches {
+            let cols = b
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { arrow::compute::cast(c, f.data_type()) })
+                .collect::<Result<Vec<_>, _>>()?;
+            // Keep the declared nullability out of the batch check; `append` reports NOT NULL.
+            let relaxed = Arc::new(Schema::new(
+                schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+            ));
+            let data = RecordBatch::try_new(relaxed, cols)?;
+            out.push(ChangeBatch::inserts(data));
+        }
+        let n = self.append(&entry, out)?;
+        Ok(Output::Command { tag: format!("INSERT 0 {n}"), notice: None })
+    }
+
+    async fn plan_job(&self, ins: &Insert) -> SqlResult<sluice_catalog::dataflow::DataflowPlan> {
+        let TableObject::TableName(tn) = &ins.table else {
+            return Err(SqlError::unsupported("INSERT INTO a table function"));
+        };
+        let sink = self.table(&table_name(tn))?;
+        let source = ins.source.clone().ok_or_else(|| SqlError::unsupported("INSERT without a query"))?;
+        let plan = self.df_plan(Statement::Query(source), None).await?;
+        let plan = streaming_logical_plan(&self.ctx, plan)?;
+        let columns: Vec<String> = ins.columns.iter().map(table_name).collect();
+        let tables = self.tables.read().unwrap().clone();
+        Ok(plan_dataflow(&self.ctx, &Lookup(&tables), &plan, &sink.def, &columns)?)
+    }
+
+    async fn create_job(&self, ins: Insert, sql: &str) -> SqlResult<Output> {
+        let _g = self.ddl.lock().await;
+        let plan = self.plan_job(&ins).await?;
+        let id = new_job_id();
+        let job = JobDef {
+            id: id.clone(),
+            sql: sql.to_string(),
+            sink: plan.sink.name.clone(),
+            sources: plan.root.sources().iter().map(|s| s.table.name.clone()).collect(),
+            state: JobState::Running,
+            error: None,
+            seq: self.store.next_counter("job")?,
+        };
+        self.store.put_job(&job)?;
+        self.runtime.start(&id, plan)?;
+        self.jobs.write().unwrap().insert(id.clone(), job);
+        tracing::info!(job = %id, "persistent query started");
+        Ok(Output::Command {
+            tag: "INSERT 0 0".into(),
+            notice: Some(format!("persistent query started as job {id} (SHOW JOBS; STOP JOB '{id}')")),
+        })
+    }
+
+    async fn start_job(&self, job: &JobDef) -> SqlResult<()> {
+        let SluiceStatement::Sql(stmt) = parse_statement(&job.sql)? else {
+            return Err(SqlError::new("XX000", "stored job is not an INSERT"));
+        };
+        let Statement::Insert(ins) = *stmt else {
+            return Err(SqlError::new("XX000", "stored job is not an INSERT"));
+        };
+        let plan = self.plan_job(&ins).await?;
+        self.runtime.start(&job.id, plan)?;
+        Ok(())
+    }
+
+    async fn stop_job(&self, id: &str) -> SqlResult<Output> {
+        let _g = self.ddl.lock().await;
+        let mut job = self
+            .jobs
+            .read()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| SqlError::new("42704", format!("job '{id}' does not exist")))?;
+        let rt = self.runtime.clone();
+        let id2 = id.to_string();
+        tokio::task::spawn_blocking(move || rt.stop(&id2)).await.map_err(|e| SqlError::new("XX000", e.to_string()))?;
+        job.state = JobState::Stopped;
+        self.store.put_job(&job)?;
+        self.jobs.write().unwrap().insert(id.to_string(), job);
+        Ok(Output::Command { tag: "STOP JOB".into(), notice: None })
+    }
+
+    fn show_tables(&self) -> SqlResult<Output> {
+        let names: Vec<String> = self.tables.read().unwrap().keys().cloned().collect();
+        let schema = text_schema(&["table_name"]);
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(names))])?;
+        Ok(Output::Rows { schema, batches: vec![batch] })
+    }
+
+    /// `SHOW JOBS` as one batch (also the `sluice_jobs` table).
+    pub fn jobs_batch(&self) -> SqlResult<RecordBatch> {
+        match self.show_jobs()? {
+            Output::Rows { mut batches, .. } => Ok(batches.remove(0)),
+            _ => unreachable!("show_jobs returns rows"),
+        }
+    }
+
+    fn show_jobs(&self) -> SqlResult<Output> {
+        let jobs: Vec<JobDef> = {
+            let mut v: Vec<JobDef> = self.jobs.read().unwrap().values().cloned().collect();
+            v.sort_by_key(|j| j.seq);
+            v
+        };
+        let mut ids = Vec::new();
+        let mut states = Vec::new();
+        let mut sinks = Vec::new();
+        let (mut rin, mut rout, mut late, mut ckpt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut errors = Vec::new();
+        let mut sqls = Vec::new();
+        use std::sync::atomic::Ordering::Relaxed;
+        for j in jobs {
+            let st = self.runtime.status(&j.id);
+            ids.push(j.id.clone());
+            let state = match (&st, j.state) {
+                (_, JobState::Stopped) => "STOPPED".to_string(),
+                (Some(s), _) => s.state().to_string(),
+                (None, s) => s.as_str().to_string(),
+            };
+            states.push(state);
+            sinks.push(j.sink.clone());
+            rin.push(st.as_ref().map(|s| s.rows_in.load(Relaxed)).unwrap_or(0));
+            rout.push(st.as_ref().map(|s| s.rows_out.load(Relaxed)).unwrap_or(0));
+            late.push(st.as_ref().map(|s| s.late_rows.load(Relaxed)).unwrap_or(0));
+            ckpt.push(st.as_ref().map(|s| s.checkpoints.load(Relaxed)).unwrap_or(0));
+            errors.push(st.as_ref().and_then(|s| s.error.lock().unwrap().clone()).or(j.error.clone()));
+            sqls.push(j.sql.clone());
+        }
+        let schema = jobs_schema();
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(ids)),
+            Arc::new(StringArray::from(states)),
+            Arc::new(StringArray::from(sinks)),
+            Arc::new(UInt64Array::from(rin)),
+            Arc::new(UInt64Array::from(rout)),
+            Arc::new(UInt64Array::from(late)),
+            Arc::new(UInt64Array::from(ckpt)),
+            Arc::new(StringArray::from(errors)),
+            Arc::new(StringArray::from(sqls)),
+        ];
+        Ok(Output::Rows { schema: schema.clone(), batches: vec![RecordBatch::try_new(schema, cols)?] })
+    }
+
+    fn describe_table(&self, name: &str) -> SqlResult<Output> {
+        let t = self.table(name)?;
+        let mut names = Vec::new();
+        let mut types = Vec::new();
+        let mut nulls = Vec::new();
+        let mut keys = Vec::new();
+        let mut extras = Vec::new();
+        let mut wms = Vec::new();
+        for c in &t.def.columns {
+            names.push(c.name.clone());
+            types.push(if c.computed.is_some() { c.data_type.clone() } else { c.sql_type.clone() });
+            nulls.push(c.nullable);
+            keys.push(t.def.primary_key.contains(&c.name).then(|| format!("PRI({})", t.def.primary_key.join(", "))));
+            extras.push(c.computed.as_ref().map(|e| format!("AS {e}")));
+            wms.push(t.def.watermark.as_ref().filter(|w| w.column == c.name).map(|w| w.expr.clone()));
+        }
+        let schema = describe_schema();
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(names)),
+            Arc::new(StringArray::from(types)),
+            Arc::new(BooleanArray::from(nulls)),
+            Arc::new(StringArray::from(keys)),
+            Arc::new(StringArray::from(extras)),
+            Arc::new(StringArray::from(wms)),
+        ];
+        Ok(Output::Rows { schema: schema.clone(), batches: vec![RecordBatch::try_new(schema, cols)?] })
+    }
+
+    async fn explain(&self, inner: &str) -> SqlResult<Output> {
+        let stmt = match parse_statement(inner)? {
+            SluiceStatement::Sql(s) => *s,
+            _ => return Err(SqlError::unsupported("EXPLAIN of this statement")),
+        };
+        let mut rows = Vec::new();
+        match stmt {
+            Statement::Insert(ins) if ins.source.as_ref().map(|q| reads_tables(q)).unwrap_or(false) => {
+                let plan = self.plan_job(&ins).await?;
+                rows.push(("streaming_plan".to_string(), plan.to_string()));
+            }
+            Statement::Query(q) => {
+                let plan = self.df_plan(Statement::Query(q), None).await?;
+                let streaming = streaming_logical_plan(&self.ctx, plan.clone())?;
+                let tables = self.tables.read().unwrap().clone();
+                let text = {
+                    let lookup = Lookup(&tables);
+                    let mut p = sluice_planner::stream::StreamPlanner::new(&self.ctx, &lookup);
+                    match p.plan_node(&streaming) {
+                        Ok(node) => node.to_string(),
+                        Err(e) => format!("not runnable as a persistent query: {e}"),
+                    }
+                };
+                rows.push(("streaming_plan".to_string(), text));
+                let optimized = self.ctx.state().optimize(&plan)?;
+                rows.push(("batch_plan".to_string(), optimized.display_indent().to_string()));
+            }
+            _ => return Err(SqlError::unsupported("EXPLAIN of this statement; EXPLAIN a SELECT or INSERT INTO ... SELECT")),
+        }
+        let schema = text_schema(&["plan_type", "plan"]);
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>())),
+                Arc::new(StringArray::from(rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>())),
+            ],
+        )?;
+        Ok(Output::Rows { schema, batches: vec![batch] })
+    }
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn one_row(cols: &[&str], values: Vec<String>) -> SqlResult<Output> {
+    let schema = text_schema(cols);
+    let arrays: Vec<ArrayRef> = values.into_iter().map(|v| Arc::new(StringArray::from(vec![v])) as ArrayRef).collect();
+    Ok(Output::Rows { schema: schema.clone(), batches: vec![RecordBatch::try_new(schema, arrays)?] })
+}
+
+/// The columns of `SHOW JOBS` and of the `sluice_jobs` table.
+pub fn jobs_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("job_id", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("sink", DataType::Utf8, false),
+        Field::new("rows_in", DataType::UInt64, false),
+        Field::new("rows_out", DataType::UInt64, false),
+        Field::new("late_rows", DataType::UInt64, false),
+        Field::new("checkpoints", DataType::UInt64, false),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("query", DataType::Utf8, false),
+    ]))
+}
+
+fn describe_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("type", DataType::Utf8, false),
+        Field::new("null", DataType::Boolean, false),
+        Field::new("key", DataType::Utf8, true),
+        Field::new("extras", DataType::Utf8, true),
+        Field::new("watermark", DataType::Utf8, true),
+    ]))
+}
+
+/// `$1..$n` types of a plan, in order.
+fn param_types(plan: &LogicalPlan) -> SqlResult<Vec<Option<DataType>>> {
+    let types = plan.get_parameter_types()?;
+    let mut out = vec![None; types.len()];
+    for (k, v) in types {
+        if let Some(i) = k.trim_start_matches('$').parse::<usize>().ok().filter(|i| *i >= 1 && *i <= out.len()) {
+            out[i - 1] = v;
+        }
+    }
+    Ok(out)
+}
+
+/// For statements DataFusion does not plan directly: one untyped parameter per `$n`.
+fn placeholder_count_types(sql: &str) -> Vec<Option<DataType>> {
+    let mut max = 0;
+    let b = sql.as_bytes();
+    for i in 0..b.len() {
+        if b[i] == b'$' {
+            let n: String = sql[i + 1..].chars().take_while(|c| c.is_ascii_digit()).collect();
+            if let Ok(n) = n.parse::<usize>() {
+                max = max.max(n);
+            }
+        }
+    }
+    vec![None; max]
+}

@@ -1,0 +1,287 @@
+//! The pgwire front end: simple and extended query protocols and `COPY FROM STDIN`, kept thin:
+//! statements go to the [`Engine`], rows come back as Arrow batches encoded by `arrow-pg`, and
+//! errors carry their SQLSTATE.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use arrow_pg::datatypes::df::deserialize_parameters;
+use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
+use async_trait::async_trait;
+use futures::{stream, Sink, SinkExt};
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::copy::CopyHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{
+    CopyResponse, DescribePortalResponse, DescribeStatementResponse, FieldInfo, QueryResponse, Response, Tag,
+};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
+use pgwire::messages::response::NoticeResponse;
+use pgwire::messages::PgWireBackendMessage;
+
+use crate::engine::{CopyInTarget, Engine, Output};
+use crate::errors::SqlError;
+
+/// Per-server handler shared by all connections.
+pub struct Handler {
+    engine: Arc<Engine>,
+    parser: Arc<SluiceParser>,
+    copies: Mutex<HashMap<SocketAddr, (CopyInTarget, Vec<u8>)>>,
+}
+
+impl Handler {
+    /// A handler over `engine`.
+    pub fn new(engine: Arc<Engine>) -> Arc<Handler> {
+        Arc::new(Handler { engine, parser: Arc::new(SluiceParser), copies: Mutex::new(HashMap::new()) })
+    }
+
+    async fn respond<C>(&self, client: &mut C, out: Output, format: &Format) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        Ok(match out {
+            Output::Rows { schema, batches } => {
+                let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, None)?);
+                let mut rows = Vec::new();
+                for b in batches {
+                    rows.extend(encode_recordbatch(fields.clone(), b));
+                }
+                Response::Query(QueryResponse::new(fields, stream::iter(rows)))
+            }
+            Output::Command { tag, notice } => {
+                if let Some(n) = notice {
+                    let info = ErrorInfo::new("NOTICE".to_owned(), "00000".to_owned(), n);
+                    client.send(PgWireBackendMessage::NoticeResponse(NoticeResponse::from(info))).await?;
+                }
+                Response::Execution(Tag::new(&tag))
+            }
+            Output::CopyIn(target) => {
+                let columns = target.columns.len();
+                self.copies.lock().unwrap().insert(client.socket_addr(), (target, Vec::new()));
+                Response::CopyIn(CopyResponse::new(0, columns, stream::empty()))
+            }
+        })
+    }
+}
+
+/// A SQL error as pgwire's error (outside the generic handlers, whose bounds make `From`
+/// ambiguous).
+fn to_pg(e: SqlError) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".to_owned(), e.code.to_owned(), e.message)))
+}
+
+fn error_response(e: SqlError) -> Response {
+    Response::Error(Box::new(ErrorInfo::new("ERROR".to_owned(), e.code.to_owned(), e.message)))
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Handler {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: pgwire::api::store::PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let stmts = match sluice_planner::tokens::split_statements(query) {
+            Ok(s) => s,
+            Err(e) => return Ok(vec![error_response(e.into())]),
+        };
+        let mut out = Vec::new();
+        for sql in stmts {
+            tracing::debug!(%sql, "simple query");
+            match self.engine.execute(&sql, None).await {
+                Ok(o) => {
+                    let copy = matches!(o, Output::CopyIn(_));
+                    out.push(self.respond(client, o, &Format::UnifiedText).await?);
+                    if copy {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    out.push(error_response(e));
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Keeps the statement text; planning happens at Describe and Execute.
+pub struct SluiceParser;
+
+#[async_trait]
+impl QueryParser for SluiceParser {
+    type Statement = String;
+
+    async fn parse_sql<C>(&self, _client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<String>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        Ok(Some(sql.trim().trim_end_matches(';').to_string()))
+    }
+
+    fn get_parameter_types(&self, _stmt: &String) -> PgWireResult<Vec<Type>> {
+        Ok(vec![])
+    }
+
+    fn get_result_schema(&self, _stmt: &String, _format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        Ok(vec![])
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Handler {
+    type Statement = String;
+    type QueryParser = SluiceParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.parser.clone()
+    }
+
+    async fn do_describe_statement<C>(
+        &self,
+        _client: &mut C,
+        stmt: &StoredStatement<Self::Statement>,
+    ) -> PgWireResult<DescribeStatementResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: pgwire::api::store::PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (types, schema) = self.engine.describe(&stmt.statement).await.map_err(to_pg)?;
+        let n = types.len().max(stmt.parameter_types.len());
+        let mut params = Vec::with_capacity(n);
+        for i in 0..n {
+            let given = stmt.parameter_types.get(i).cloned().flatten().filter(|t| *t != Type::UNKNOWN);
+            params.push(match (given, types.get(i).cloned().flatten()) {
+                (Some(t), _) => t,
+                (None, Some(dt)) => into_pg_type(&dt)?,
+                (None, None) => Type::TEXT,
+            });
+        }
+        let fields = match schema {
+            Some(s) => arrow_schema_to_pg_fields(&s, &Format::UnifiedText, None)?,
+            None => vec![],
+        };
+        Ok(DescribeStatementResponse::new(params, fields))
+    }
+
+    async fn do_describe_portal<C>(
+        &self,
+        _client: &mut C,
+        portal: &Portal<Self::Statement>,
+    ) -> PgWireResult<DescribePortalResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: pgwire::api::store::PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (_, schema) = self.engine.describe(&portal.statement.statement).await.map_err(to_pg)?;
+        let fields = match schema {
+            Some(s) => arrow_schema_to_pg_fields(&s, &portal.result_column_format, None)?,
+            None => vec![],
+        };
+        Ok(DescribePortalResponse::new(fields))
+    }
+
+    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Self::Statement>, _max_rows: usize) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: pgwire::api::store::PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let sql = &portal.statement.statement;
+        let params = if portal.parameter_len() > 0 {
+            let (types, _) = self.engine.describe(sql).await.map_err(to_pg)?;
+            let inferred: Vec<Option<&arrow::datatypes::DataType>> = types.iter().map(|t| t.as_ref()).collect();
+            Some(deserialize_parameters(portal, &inferred)?)
+        } else {
+            None
+        };
+        match self.engine.execute(sql, params).await {
+            Ok(o) => self.respond(client, o, &portal.result_column_format).await,
+            Err(e) => Err(to_pg(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl CopyHandler for Handler {
+    async fn on_copy_data<C>(&self, client: &mut C, copy_data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let Some((_, buf)) = self.copies.lock().unwrap().get_mut(&client.socket_addr()) {
+            buf.extend_from_slice(&copy_data.data);
+        }
+        Ok(())
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let Some((target, data)) = self.copies.lock().unwrap().remove(&client.socket_addr()) else {
+            return Err(to_pg(SqlError::new("08P01", "COPY data without a COPY statement")));
+        };
+        let engine = self.engine.clone();
+        let n = tokio::task::spawn_blocking(move || engine.copy_in(&target, &data))
+            .await
+            .map_err(|e| to_pg(SqlError::new("XX000", e.to_string())))?
+            .map_err(to_pg)?;
+        client
+            .send(PgWireBackendMessage::CommandComplete(Tag::new(&format!("COPY {n}")).into()))
+            .await?;
+        Ok(())
+    }
+
+    async fn on_copy_fail<C>(&self, client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.copies.lock().unwrap().remove(&client.socket_addr());
+        to_pg(SqlError::new("57014", format!("COPY from stdin failed: {}", fail.message)))
+    }
+}
+
+impl NoopStartupHandler for Handler {}
+
+/// The handler factory pgwire asks for each connection.
+pub struct Handlers(pub Arc<Handler>);
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.0.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.0.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
+        self.0.clone()
+    }
+
+    fn copy_handler(&self) -> Arc<impl CopyHandler> {
+        self.0.clone()
+    }
+}

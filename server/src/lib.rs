@@ -1,0 +1,57 @@
+//! The Sluice daemon.
+//!
+//! - [`config`]: layered configuration (defaults, `sluice.toml`, `SLUICE_*`, flags).
+//! - [`engine`]: statement dispatch over the catalog, topics, jobs and DataFusion.
+//! - [`provider`]: tables as DataFusion table providers, for batch queries.
+//! - [`handler`]: the pgwire front end (simple and extended protocols, COPY).
+//! - [`copy`]: parsing of `COPY FROM STDIN` data.
+//! - [`errors`]: the error type and its SQLSTATE codes.
+
+pub mod config;
+pub mod copy;
+pub mod engine;
+pub mod errors;
+pub mod handler;
+pub mod provider;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::handler::{Handler, Handlers};
+
+/// Opens the data directory, resumes persistent queries and serves PostgreSQL clients until
+/// SIGINT or SIGTERM; then stops every job with a final checkpoint.
+///
+/// Errors: the data directory cannot be opened, or the address cannot be bound.
+pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let engine = Engine::open(&config.data_dir).await?;
+    let listener = TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let handlers = Arc::new(Handlers(Handler::new(engine.clone())));
+    println!("sluice listening on {addr} (data directory {})", config.data_dir.display());
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "accepting connections");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (socket, peer) = accepted?;
+                let _ = socket.set_nodelay(true);
+                let h = handlers.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = pgwire::tokio::process_socket(socket, None, h).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: stopping jobs with a final checkpoint");
+    let e = engine.clone();
+    tokio::task::spawn_blocking(move || e.shutdown()).await?;
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! Tables as DataFusion sees them, for batch queries over materialized state.
+
+use std::sync::{Arc, Mutex};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use sluice_catalog::dataflow::ExprRef;
+use sluice_catalog::TableDef;
+use sluice_connectors::options::TableConnector;
+use sluice_connectors::TopicLog;
+use sluice_executor::MaterializedTable;
+
+/// Largest number of rows a batch query generates from a bounded `datagen` table.
+const MAX_DATAGEN_ROWS: u64 = 1_000_000;
+
+/// A table of the catalog: its definition and, for topic-backed tables, its materialization.
+pub struct TableEntry {
+    /// The definition.
+    pub def: TableDef,
+    /// What backs it.
+    pub connector: TableConnector,
+    /// Full schema (physical and computed columns).
+    pub schema: SchemaRef,
+    /// Computed-column expressions over the physical columns, if any.
+    pub computed: Option<Vec<ExprRef>>,
+    /// Current contents, advanced on each read.
+    pub materialized: Mutex<Option<MaterializedTable>>,
+}
+
+impl std::fmt::Debug for TableEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableEntry").field("name", &self.def.name).finish()
+    }
+}
+
+impl TableEntry {
+    /// The table's current rows in its full schema.
+    ///
+    /// Errors: an unbounded `datagen` table cannot be read as a batch.
+    pub fn current_rows(&self, log: &dyn TopicLog) -> DfResult<RecordBatch> {
+        let physical = match &self.connector {
+            TableConnector::Topic { .. } => {
+                let mut m = self.materialized.lock().unwrap();
+                let m = m.as_mut().expect("topic tables are materialized");
+                m.catch_up(log).map_err(ext)?;
+                m.snapshot().map_err(ext)?
+            }
+            TableConnector::Datagen(opts) => {
+                let total = opts.total_rows().ok_or_else(|| {
+                    DataFusionError::NotImplemented(format!(
+                        "table \"{}\" is an unbounded datagen source: set 'number-of-rows' or read it with a persistent query",
+                        self.def.name
+                    ))
+                })?;
+                opts.generate(&self.def.physical_schema().map_err(ext)?, 0, total.min(MAX_DATAGEN_ROWS) as usize)
+                    .map_err(ext)?
+            }
+            TableConnector::Blackhole => return Ok(RecordBatch::new_empty(self.schema.clone())),
+        };
+        match &self.computed {
+            None => Ok(RecordBatch::try_new(self.schema.clone(), physical.columns().to_vec())?),
+            Some(exprs) => {
+                let cols = exprs
+                    .iter()
+                    .map(|e| e.evaluate(&physical)?.into_array(physical.num_rows()))
+                    .collect::<DfResult<Vec<_>>>()?;
+                Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
+            }
+        }
+    }
+}
+
+fn ext<E: std::error::Error + Send + Sync + 'static>(e: E) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+/// The DataFusion view of a table: a scan returns its current contents.
+#[derive(Debug)]
+pub struct SluiceTable {
+    /// The table.
+    pub entry: Arc<TableEntry>,
+    /// The topic log its rows live in.
+    pub log: Arc<LogHandle>,
+}
+
+/// A `Debug` wrapper around the topic log.
+pub struct LogHandle(pub Arc<dyn TopicLog>);
+
+impl std::fmt::Debug for LogHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TopicLog")
+    }
+}
+
+#[async_trait]
+impl TableProvider for SluiceTable {
+    fn schema(&self) -> SchemaRef {
+        self.entry.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let batch = self.entry.current_rows(self.log.0.as_ref())?;
+        Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], self.entry.schema.clone(), projection.cloned())?)
+    }
+}
+
+/// `sluice_jobs`: the persistent queries as a table (the rows of `SHOW JOBS`), so that SQL
+/// clients and BI tools can filter and join them.
+pub struct JobsTable {
+    /// The engine whose jobs are listed.
+    pub engine: std::sync::Weak<crate::engine::Engine>,
+    /// `SHOW JOBS`'s schema.
+    pub schema: SchemaRef,
+}
+
+impl std::fmt::Debug for JobsTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobsTable")
+    }
+}
+
+#[async_trait]
+impl TableProvider for JobsTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let engine = self.engine.upgrade().ok_or_else(|| DataFusionError::Execution("server is shutting down".into()))?;
+        let batch = engine.jobs_batch().map_err(|e| DataFusionError::Execution(e.message))?;
+        Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema.clone(), projection.cloned())?)
+    }
+}
