@@ -36,7 +36,23 @@ enum Acc {
     SumFloat { sum: f64, n: i64 },
     Avg { sum: f64, n: i64 },
     /// Multiset of encoded values: MIN, MAX, COUNT(DISTINCT).
-    Values(BTreeMap<Vec<u8>, i64>),
+    Values(#[serde(with = "pairs")] BTreeMap<Vec<u8>, i64>),
+}
+
+/// JSON maps need string keys: the multiset is stored as a list of `(value, count)` pairs.
+mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<Vec<u8>, i64>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<Vec<u8>, i64>, D::Error> {
+        let v: Vec<(Vec<u8>, i64)> = Deserialize::deserialize(d)?;
+        Ok(v.into_iter().collect())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -16,15 +16,8 @@ pub mod statement;
 pub mod stream;
 pub mod tokens;
 
-use std::sync::Arc;
-
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::optimizer::eliminate_cross_join::EliminateCrossJoin;
-use datafusion::optimizer::extract_equijoin_predicate::ExtractEquijoinPredicate;
-use datafusion::optimizer::push_down_filter::PushDownFilter;
-use datafusion::optimizer::replace_distinct_aggregate::ReplaceDistinctWithAggregate;
-use datafusion::optimizer::{Analyzer, Optimizer, OptimizerContext, OptimizerRule};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use sluice_catalog::TableDef;
 use sluice_connectors::options::{parse_table_options, TableConnector};
@@ -46,20 +39,12 @@ pub fn session_context() -> SessionContext {
     ctx
 }
 
-/// Prepares a query's logical plan for [`stream::plan_dataflow`]: type coercion, then only the
-/// rewrites that keep the plan's shape readable (equi-join keys extracted from `ON`, cross joins
-/// with an equality turned into joins, filters pushed down, DISTINCT turned into GROUP BY).
+/// Prepares a query's logical plan for [`stream::plan_dataflow`]: DataFusion's analyzer (type
+/// coercion) and logical optimizer (equi-join keys, filter and projection pushdown, DISTINCT as
+/// GROUP BY). The rewrites keep the operators the streaming planner knows; window columns stay
+/// recognisable because they are computed by [`functions::WINDOW_FN`].
 pub fn streaming_logical_plan(ctx: &SessionContext, plan: LogicalPlan) -> Result<LogicalPlan> {
-    let state = ctx.state();
-    let plan = Analyzer::new().execute_and_check(plan, state.config_options(), |_, _| {})?;
-    let rules: Vec<Arc<dyn OptimizerRule + Send + Sync>> = vec![
-        Arc::new(ReplaceDistinctWithAggregate::new()),
-        Arc::new(PushDownFilter::new()),
-        Arc::new(EliminateCrossJoin::new()),
-        Arc::new(ExtractEquijoinPredicate::new()),
-    ];
-    let opt = OptimizerContext::new().with_max_passes(2);
-    Ok(Optimizer::with_rules(rules).optimize(plan, &opt, |_, _| {})?)
+    Ok(ctx.state().optimize(&plan)?)
 }
 
 /// Completes and validates a parsed `CREATE TABLE`: types the computed columns with DataFusion,

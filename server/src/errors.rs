@@ -44,7 +44,9 @@ pub type SqlResult<T> = std::result::Result<T, SqlError>;
 fn classify_datafusion(e: &DataFusionError) -> &'static str {
     let msg = e.to_string();
     let has = |s: &str| msg.contains(s);
-    if has("No field named") || has("not found in schema") {
+    if has("non-nullable but contains null") {
+        "23502"
+    } else if has("No field named") || has("not found in schema") {
         "42703"
     } else if has("table '") && has("not found") || has("Table or CTE with name") {
         "42P01"
