@@ -747,7 +747,7 @@ impl Engine {
         match stmt {
             Statement::Insert(ins) if ins.source.as_ref().map(|q| reads_tables(q)).unwrap_or(false) => {
                 let plan = self.plan_job(&ins).await?;
-                rows.push(("streaming_plan".to_string(), plan.to_string()));
+                rows.push(("streaming_plan".to_string(), plan.to_string().trim_end().to_string()));
             }
             Statement::Query(q) => {
                 let plan = self.df_plan(Statement::Query(q), None).await?;
@@ -757,7 +757,7 @@ impl Engine {
                     let lookup = Lookup(&tables);
                     let mut p = sluice_planner::stream::StreamPlanner::new(&self.ctx, &lookup);
                     match p.plan_node(&streaming) {
-                        Ok(node) => node.to_string(),
+                        Ok(node) => node.to_string().trim_end().to_string(),
                         Err(e) => format!("not runnable as a persistent query: {e}"),
                     }
                 };
@@ -767,6 +767,11 @@ impl Engine {
             }
             _ => return Err(SqlError::unsupported("EXPLAIN of this statement; EXPLAIN a SELECT or INSERT INTO ... SELECT")),
         }
+        // One row per plan line, so psql and sqllogictest show the tree line by line.
+        let rows: Vec<(String, String)> = rows
+            .into_iter()
+            .flat_map(|(t, text)| text.lines().map(|l| (t.clone(), l.to_string())).collect::<Vec<_>>())
+            .collect();
         let schema = text_schema(&["plan_type", "plan"]);
         let batch = RecordBatch::try_new(
             schema.clone(),
