@@ -19,7 +19,6 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::RowConverter;
 use datafusion::common::ScalarValue;
-use serde::{Deserialize, Serialize};
 use sluice_catalog::dataflow::{AggCall, AggKind, ExprRef};
 use sluice_catalog::{ChangeBatch, Op};
 
@@ -29,37 +28,114 @@ use crate::rows::{converter, decode, eval, expr_types};
 use crate::source::to_millis;
 use crate::state::{StateReader, StateWriter};
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Acc {
     Count(i64),
     SumInt { sum: i128, n: i64 },
     SumFloat { sum: f64, n: i64 },
     Avg { sum: f64, n: i64 },
     /// Multiset of encoded values: MIN, MAX, COUNT(DISTINCT).
-    Values(#[serde(with = "pairs")] BTreeMap<Vec<u8>, i64>),
+    Values(BTreeMap<Vec<u8>, i64>),
 }
 
-/// JSON maps need string keys: the multiset is stored as a list of `(value, count)` pairs.
-mod pairs {
-    use std::collections::BTreeMap;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(m: &BTreeMap<Vec<u8>, i64>, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(m.iter())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<Vec<u8>, i64>, D::Error> {
-        let v: Vec<(Vec<u8>, i64)> = Deserialize::deserialize(d)?;
-        Ok(v.into_iter().collect())
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 struct Group {
     rows: i64,
     accs: Vec<Acc>,
     window_end: Option<i64>,
+}
+
+impl Group {
+    /// Compact binary form for the state store: `rows`, `window_end` (i64::MIN for none), the
+    /// accumulator count, then per accumulator a tag byte and its fields, little-endian.
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(32);
+        b.extend_from_slice(&self.rows.to_le_bytes());
+        b.extend_from_slice(&self.window_end.unwrap_or(i64::MIN).to_le_bytes());
+        b.extend_from_slice(&(self.accs.len() as u16).to_le_bytes());
+        for a in &self.accs {
+            match a {
+                Acc::Count(n) => {
+                    b.push(0);
+                    b.extend_from_slice(&n.to_le_bytes());
+                }
+                Acc::SumInt { sum, n } => {
+                    b.push(1);
+                    b.extend_from_slice(&sum.to_le_bytes());
+                    b.extend_from_slice(&n.to_le_bytes());
+                }
+                Acc::SumFloat { sum, n } => {
+                    b.push(2);
+                    b.extend_from_slice(&sum.to_le_bytes());
+                    b.extend_from_slice(&n.to_le_bytes());
+                }
+                Acc::Avg { sum, n } => {
+                    b.push(3);
+                    b.extend_from_slice(&sum.to_le_bytes());
+                    b.extend_from_slice(&n.to_le_bytes());
+                }
+                Acc::Values(m) => {
+                    b.push(4);
+                    b.extend_from_slice(&(m.len() as u32).to_le_bytes());
+                    for (v, c) in m {
+                        b.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                        b.extend_from_slice(v);
+                        b.extend_from_slice(&c.to_le_bytes());
+                    }
+                }
+            }
+        }
+        b
+    }
+
+    fn decode(b: &[u8]) -> Result<Group> {
+        let mut r = Reader { b, pos: 0 };
+        let rows = r.i64()?;
+        let we = r.i64()?;
+        let n = u16::from_le_bytes(r.take(2)?.try_into().unwrap());
+        let mut accs = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            accs.push(match r.take(1)?[0] {
+                0 => Acc::Count(r.i64()?),
+                1 => Acc::SumInt { sum: i128::from_le_bytes(r.take(16)?.try_into().unwrap()), n: r.i64()? },
+                2 => Acc::SumFloat { sum: f64::from_le_bytes(r.take(8)?.try_into().unwrap()), n: r.i64()? },
+                3 => Acc::Avg { sum: f64::from_le_bytes(r.take(8)?.try_into().unwrap()), n: r.i64()? },
+                4 => {
+                    let len = u32::from_le_bytes(r.take(4)?.try_into().unwrap());
+                    let mut m = BTreeMap::new();
+                    for _ in 0..len {
+                        let l = u32::from_le_bytes(r.take(4)?.try_into().unwrap()) as usize;
+                        let v = r.take(l)?.to_vec();
+                        m.insert(v, r.i64()?);
+                    }
+                    Acc::Values(m)
+                }
+                t => return Err(ExecError::CorruptState(format!("aggregate state tag {t}"))),
+            });
+        }
+        Ok(Group { rows, accs, window_end: (we != i64::MIN).then_some(we) })
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8]> {
+        let s = self.b.get(self.pos..self.pos + n).ok_or_else(|| ExecError::CorruptState("short aggregate state".into()))?;
+        self.pos += n;
+        Ok(s)
+    }
+    fn i64(&mut self) -> Result<i64> {
+        Ok(i64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+}
+
+/// Big-endian, sign-flipped window end: state keys of one window are contiguous and ordered.
+fn window_prefix(we: i64) -> [u8; 8] {
+    ((we as u64) ^ (1 << 63)).to_be_bytes()
 }
 
 /// How one aggregate reads its argument.
@@ -85,6 +161,8 @@ pub struct AggregateOp {
     groups: HashMap<Vec<u8>, Group>,
     windows: BTreeMap<i64, HashSet<Vec<u8>>>,
     dirty: HashSet<Vec<u8>>,
+    /// Windows emitted since the last checkpoint: their state is deleted as a range.
+    fired: Vec<i64>,
     watermark: i64,
     late_rows: Arc<AtomicU64>,
 }
@@ -136,6 +214,7 @@ impl AggregateOp {
             groups: HashMap::new(),
             windows: BTreeMap::new(),
             dirty: HashSet::new(),
+            fired: Vec::new(),
             watermark: i64::MIN,
             late_rows,
         })
@@ -377,8 +456,9 @@ impl Operator for AggregateOp {
                         out.push((Op::Insert, key.clone(), self.results(&g)?));
                     }
                 }
-                self.dirty.insert(key);
+                self.dirty.remove(&key);
             }
+            self.fired.push(we);
         }
         if out.is_empty() {
             return Ok(vec![]);
@@ -387,22 +467,36 @@ impl Operator for AggregateOp {
     }
 
     fn checkpoint(&mut self, w: &mut StateWriter<'_>) -> Result<()> {
+        for we in self.fired.drain(..) {
+            w.delete_range(&window_prefix(we), &window_prefix(we + 1));
+        }
+        let windowed = self.window_end_index.is_some();
         for key in self.dirty.drain() {
             match self.groups.get(&key) {
-                Some(g) => w.put(&key, &serde_json::to_vec(g).map_err(|e| ExecError::CorruptState(e.to_string()))?),
-                None => w.delete(&key),
+                Some(g) => match g.window_end {
+                    Some(we) if windowed => {
+                        let mut k = window_prefix(we).to_vec();
+                        k.extend_from_slice(&key);
+                        w.put(&k, &g.encode());
+                    }
+                    _ => w.put(&key, &g.encode()),
+                },
+                None if !windowed => w.delete(&key),
+                None => {}
             }
         }
         Ok(())
     }
 
     fn restore(&mut self, r: &StateReader<'_>) -> Result<()> {
+        let windowed = self.window_end_index.is_some();
         for (k, v) in r.entries()? {
-            let g: Group = serde_json::from_slice(&v).map_err(|e| ExecError::CorruptState(e.to_string()))?;
+            let g = Group::decode(&v)?;
+            let key = if windowed { k.get(8..).unwrap_or_default().to_vec() } else { k };
             if let Some(we) = g.window_end {
-                self.windows.entry(we).or_default().insert(k.clone());
+                self.windows.entry(we).or_default().insert(key.clone());
             }
-            self.groups.insert(k, g);
+            self.groups.insert(key, g);
         }
         Ok(())
     }

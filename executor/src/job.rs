@@ -178,7 +178,12 @@ impl JobRuntime {
             checkpoints: AtomicU64::new(meta.epoch),
             error: Mutex::new(None),
             committed: Mutex::new(HashMap::new()),
-            pending_generators: AtomicU64::new(0),
+            pending_generators: AtomicU64::new(
+                sources
+                    .iter()
+                    .filter(|s| matches!(&s.kind, SourceKind::Datagen { total: Some(t), .. } if s.positions[0] < *t))
+                    .count() as u64,
+            ),
             stop: AtomicBool::new(false),
             running: AtomicBool::new(true),
             handle: Mutex::new(None),
@@ -366,14 +371,20 @@ impl RunningJob {
                 let src = &self.sources[sid];
                 let batches: Vec<(u64, ChangeBatch)> = match &src.kind {
                     SourceKind::Topic { topic } => {
-                        self.log
-                            .read(topic, p as u32, pos, READ_ROWS)?
-                            .into_iter()
-                            .map(|r| {
-                                let n = r.batch.num_rows() as u64;
-                                Ok((r.offset + n, ChangeBatch::from_topic_batch(&r.batch)?))
-                            })
-                            .collect::<Result<_>>()?
+                        // Large records (a big COPY) are cut into slices of READ_ROWS rows,
+                        // so one step's memory stays bounded.
+                        let mut out = Vec::new();
+                        for r in self.log.read(topic, p as u32, pos, READ_ROWS)? {
+                            let n = r.batch.num_rows();
+                            let mut start = 0;
+                            while start < n {
+                                let len = READ_ROWS.min(n - start);
+                                let slice = r.batch.slice(start, len);
+                                start += len;
+                                out.push((r.offset + start as u64, ChangeBatch::from_topic_batch(&slice)?));
+                            }
+                        }
+                        out
                     }
                     SourceKind::Datagen { opts, total, started, base } => {
                         let by_rate = *base + (started.elapsed().as_secs_f64() * opts.rows_per_second as f64) as u64;
@@ -402,6 +413,9 @@ impl RunningJob {
                     let outs = self.graph.push_source(sid, rows)?;
                     self.emit(outs)?;
                     self.sources[sid].positions[p] = next;
+                    if self.pending_rows > EPOCH_MAX_ROWS {
+                        self.commit()?;
+                    }
                 }
             }
         }

@@ -45,6 +45,12 @@ impl<'a> StateWriter<'a> {
         self.batch.put_cf(self.store.cf(CF_STATE), key, v);
     }
 
+    /// Removes every key in `[from, to)`.
+    pub fn delete_range(&mut self, from: &[u8], to: &[u8]) {
+        let (a, b) = (self.key(from), self.key(to));
+        self.batch.delete_range_cf(self.store.cf(CF_STATE), a, b);
+    }
+
     /// Removes `k`.
     pub fn delete(&mut self, k: &[u8]) {
         let key = self.key(k);
