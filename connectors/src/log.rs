@@ -85,6 +85,8 @@ pub struct EmbeddedLog {
     appended: Condvar,
 }
 
+/// The key of a record: topic id, partition, and the offset *after* its last row, so that a
+/// forward seek to `from + 1` lands on the record holding `from` without decoding any other.
 fn record_key(id: u64, partition: u32, offset: u64) -> [u8; 20] {
     let mut k = [0u8; 20];
     k[..8].copy_from_slice(&id.to_be_bytes());
@@ -155,9 +157,7 @@ impl EmbeddedLog {
         if it.valid() {
             let key = it.key().unwrap();
             if key.starts_with(&partition_prefix(id, partition)) {
-                let offset = u64::from_be_bytes(key[12..20].try_into().unwrap());
-                let batch = decode_batch(it.value().unwrap())?;
-                return Ok(offset + batch.num_rows() as u64);
+                return Ok(u64::from_be_bytes(key[12..20].try_into().unwrap()));
             }
         }
         it.status()?;
@@ -238,8 +238,8 @@ impl TopicLog for EmbeddedLog {
         let mut wb = WriteBatch::default();
         for (p, batch) in writes.iter().filter(|(_, b)| b.num_rows() > 0) {
             let slot = parts.binary_search(p).expect("locked above");
-            wb.put_cf(self.store.cf(CF_LOG), record_key(handle.id, *p, next[slot]), encode_batch(batch)?);
             next[slot] += batch.num_rows() as u64;
+            wb.put_cf(self.store.cf(CF_LOG), record_key(handle.id, *p, next[slot]), encode_batch(batch)?);
         }
         extra(&mut wb)?;
         self.store.write(wb)?;
@@ -260,11 +260,9 @@ impl TopicLog for EmbeddedLog {
         let prefix = partition_prefix(handle.id, partition);
         let db = self.store.db();
         let mut it = db.raw_iterator_cf(self.store.cf(CF_LOG));
-        // The record holding `from` may start before it.
-        it.seek_for_prev(record_key(handle.id, partition, from));
-        if !it.valid() || !it.key().unwrap().starts_with(&prefix) {
-            it.seek(record_key(handle.id, partition, from));
-        }
+        // Keys hold each record's end offset: the first key above `from` is the record
+        // holding `from`, or the next one.
+        it.seek(record_key(handle.id, partition, from.saturating_add(1)));
         let mut out = Vec::new();
         let mut rows = 0usize;
         while it.valid() {
@@ -272,17 +270,15 @@ impl TopicLog for EmbeddedLog {
             if !key.starts_with(&prefix) {
                 break;
             }
-            let offset = u64::from_be_bytes(key[12..20].try_into().unwrap());
+            let end = u64::from_be_bytes(key[12..20].try_into().unwrap());
             let batch = decode_batch(it.value().unwrap())?;
-            let end = offset + batch.num_rows() as u64;
-            if end > from {
-                let skip = from.saturating_sub(offset) as usize;
-                let batch = if skip > 0 { batch.slice(skip, batch.num_rows() - skip) } else { batch };
-                rows += batch.num_rows();
-                out.push(LogRecord { offset: offset + skip as u64, batch });
-                if rows >= max_rows {
-                    break;
-                }
+            let offset = end - batch.num_rows() as u64;
+            let skip = from.saturating_sub(offset) as usize;
+            let batch = if skip > 0 { batch.slice(skip, batch.num_rows() - skip) } else { batch };
+            rows += batch.num_rows();
+            out.push(LogRecord { offset: offset + skip as u64, batch });
+            if rows >= max_rows {
+                break;
             }
             it.next();
         }

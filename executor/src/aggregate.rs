@@ -10,7 +10,9 @@
 //! state is dropped. Rows for windows the watermark already passed are late: dropped and counted
 //! in the job's `late_rows`, never silently.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use datafusion::common::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -211,9 +213,9 @@ impl AggregateOp {
             aggs: specs,
             window_end_index,
             schema,
-            groups: HashMap::new(),
+            groups: HashMap::default(),
             windows: BTreeMap::new(),
-            dirty: HashSet::new(),
+            dirty: HashSet::default(),
             fired: Vec::new(),
             watermark: i64::MIN,
             late_rows,
@@ -368,7 +370,7 @@ impl Operator for AggregateOp {
             None => None,
         };
         let mut touched: Vec<(Vec<u8>, Option<Vec<ScalarValue>>)> = Vec::new();
-        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        let mut seen: HashSet<Vec<u8>> = HashSet::default();
         for i in 0..n {
             let we = match &window_ends {
                 Some(w) => {

@@ -7,7 +7,7 @@
 //! State per side: key -> (encoded row -> multiplicity), checkpointed incrementally under
 //! `<side byte><key length u32><key><row>`.
 
-use std::collections::{HashMap, HashSet};
+use datafusion::common::{HashMap, HashSet};
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
@@ -66,8 +66,8 @@ impl JoinOp {
             keys: [left_keys, right_keys],
             outer: [left_outer, right_outer],
             schema,
-            state: [HashMap::new(), HashMap::new()],
-            dirty: [HashSet::new(), HashSet::new()],
+            state: [HashMap::default(), HashMap::default()],
+            dirty: [HashSet::default(), HashSet::default()],
             filter: filter.map(FilterOp::new),
         })
     }

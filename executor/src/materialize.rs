@@ -5,7 +5,7 @@
 //! retractions delete the key); a table without a key that receives retractions (an updating
 //! query written into it) keeps a multiset of rows, each `-D`/`-U` cancelling one equal row.
 
-use std::collections::HashMap;
+use datafusion::common::HashMap;
 
 use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
@@ -39,7 +39,7 @@ impl MaterializedTable {
         let contents = if def.is_upsert() {
             let key_idx: Vec<usize> = def.primary_key.iter().map(|k| schema.index_of(k)).collect::<Result<_, _>>()?;
             let key_types: Vec<_> = key_idx.iter().map(|i| schema.field(*i).data_type().clone()).collect();
-            Contents::Keyed { key_idx, key_conv: converter(&key_types)?, rows: HashMap::new() }
+            Contents::Keyed { key_idx, key_conv: converter(&key_types)?, rows: HashMap::default() }
         } else {
             Contents::Append(Vec::new())
         };
@@ -76,7 +76,7 @@ impl MaterializedTable {
                 return Ok(());
             }
             // Retractions in a table without a key: switch to a multiset of rows.
-            let mut counts = HashMap::new();
+            let mut counts = HashMap::default();
             for batch in batches.iter() {
                 let rows = self.row_conv.convert_columns(batch.columns())?;
                 for r in rows.iter() {

@@ -5,7 +5,7 @@
 //! by keeping the latest row per key (Flink's ChangelogNormalize): a write to an existing key
 //! becomes `-U old, +U new`, a delete of a missing key disappears.
 
-use std::collections::{HashMap, HashSet};
+use datafusion::common::{HashMap, HashSet};
 
 use arrow::array::{Array, Int64Array, RecordBatch};
 use arrow::datatypes::SchemaRef;
@@ -45,8 +45,8 @@ impl SourceOp {
                     key_idx: k.clone(),
                     key_conv: crate::rows::converter(&key_types)?,
                     row_conv: schema_converter(&schema)?,
-                    rows: HashMap::new(),
-                    dirty: HashSet::new(),
+                    rows: HashMap::default(),
+                    dirty: HashSet::default(),
                 })
             }
             None => None,
