@@ -76,6 +76,23 @@ impl JoinOp {
         self.state[side].get(key).map(|m| m.values().sum()).unwrap_or(0)
     }
 
+    /// Removes one occurrence of `row` under `key` on `side`; false if it was not there.
+    fn remove_row(&mut self, side: usize, key: &[u8], row: &[u8]) -> bool {
+        let Some(m) = self.state[side].get_mut(key) else { return false };
+        match m.get_mut(row) {
+            Some(c) if *c > 1 => *c -= 1,
+            Some(_) => {
+                m.remove(row);
+                if m.is_empty() {
+                    self.state[side].remove(key);
+                }
+            }
+            None => return false,
+        }
+        self.dirty[side].insert((key.to_vec(), row.to_vec()));
+        true
+    }
+
     fn build(&self, out: Vec<OutRow>) -> Result<ChangeBatch> {
         let left: Vec<Option<&[u8]>> = out.iter().map(|r| r.1.as_deref()).collect();
         let right: Vec<Option<&[u8]>> = out.iter().map(|r| r.2.as_deref()).collect();
@@ -86,6 +103,40 @@ impl JoinOp {
     }
 }
 
+/// An output row with `this` on the input's side and `that` on the other.
+fn oriented(side: usize, op: Op, this: Option<Vec<u8>>, that: Option<Vec<u8>>) -> OutRow {
+    if side == 0 {
+        (op, this, that)
+    } else {
+        (op, that, this)
+    }
+}
+
+/// `this` joined with every match (each as often as its multiplicity), or NULL-padded when
+/// there is none and its side is preserved by an outer join.
+fn emit_joined(out: &mut Vec<OutRow>, side: usize, op: Op, this: &[u8], matches: &[(Vec<u8>, i64)], outer: bool) {
+    if matches.is_empty() {
+        if outer {
+            out.push(oriented(side, op, Some(this.to_vec()), None));
+        }
+        return;
+    }
+    for (r, c) in matches {
+        for _ in 0..*c {
+            out.push(oriented(side, op, Some(this.to_vec()), Some(r.clone())));
+        }
+    }
+}
+
+/// The other side's rows, NULL-padded on this side.
+fn emit_other_padded(out: &mut Vec<OutRow>, side: usize, op: Op, matches: &[(Vec<u8>, i64)]) {
+    for (r, c) in matches {
+        for _ in 0..*c {
+            out.push(oriented(side, op, None, Some(r.clone())));
+        }
+    }
+}
+
 impl Operator for JoinOp {
     fn process(&mut self, side: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
         let other = 1 - side;
@@ -93,14 +144,13 @@ impl Operator for JoinOp {
         let keys = self.key_conv.convert_columns(&key_cols)?;
         let rows = self.row_conv[side].convert_columns(batch.data.columns())?;
         let mut out: Vec<OutRow> = Vec::new();
-        let pair = |this: Option<Vec<u8>>, that: Option<Vec<u8>>| if side == 0 { (this, that) } else { (that, this) };
         for i in 0..batch.num_rows() {
             let op = batch.ops[i];
-            let this = rows.row(i).as_ref().to_vec();
+            let row = rows.row(i);
+            let this = row.as_ref();
             if any_null(&key_cols, i) {
                 if self.outer[side] {
-                    let (l, r) = pair(Some(this), None);
-                    out.push((op, l, r));
+                    out.push(oriented(side, op, Some(this.to_vec()), None));
                 }
                 continue;
             }
@@ -109,67 +159,24 @@ impl Operator for JoinOp {
                 .get(&key)
                 .map(|m| m.iter().filter(|(_, c)| **c > 0).map(|(r, c)| (r.clone(), *c)).collect())
                 .unwrap_or_default();
-            let total_other: i64 = matches.iter().map(|m| m.1).sum();
+            // The other side's NULL-padded rows exist exactly while this side has no row with
+            // the key: the first insertion retracts them, the last retraction restores them.
+            let pads_change = self.outer[other] && !matches.is_empty() && self.side_total(side, &key) == 0;
             if op.is_insertion() {
-                if self.outer[other] && total_other > 0 && self.side_total(side, &key) == 0 {
-                    for (r, c) in &matches {
-                        for _ in 0..*c {
-                            let (l, rr) = pair(None, Some(r.clone()));
-                            out.push((Op::Delete, l, rr));
-                        }
-                    }
+                if pads_change {
+                    emit_other_padded(&mut out, side, Op::Delete, &matches);
                 }
-                if total_other == 0 {
-                    if self.outer[side] {
-                        let (l, r) = pair(Some(this.clone()), None);
-                        out.push((op, l, r));
-                    }
-                } else {
-                    for (r, c) in &matches {
-                        for _ in 0..*c {
-                            let (l, rr) = pair(Some(this.clone()), Some(r.clone()));
-                            out.push((op, l, rr));
-                        }
-                    }
-                }
-                *self.state[side].entry(key.clone()).or_default().entry(this.clone()).or_insert(0) += 1;
-                self.dirty[side].insert((key, this));
+                emit_joined(&mut out, side, op, this, &matches, self.outer[side]);
+                *self.state[side].entry(key.clone()).or_default().entry(this.to_vec()).or_insert(0) += 1;
+                self.dirty[side].insert((key, this.to_vec()));
             } else {
-                let present = self.state[side].get(&key).and_then(|m| m.get(&this)).copied().unwrap_or(0);
-                if present <= 0 {
+                if !self.remove_row(side, &key, this) {
                     // A retraction of a row this join never saw: nothing was emitted for it.
                     continue;
                 }
-                let m = self.state[side].get_mut(&key).expect("present");
-                if present == 1 {
-                    m.remove(&this);
-                    if m.is_empty() {
-                        self.state[side].remove(&key);
-                    }
-                } else {
-                    *m.get_mut(&this).expect("present") -= 1;
-                }
-                self.dirty[side].insert((key.clone(), this.clone()));
-                if total_other == 0 {
-                    if self.outer[side] {
-                        let (l, r) = pair(Some(this.clone()), None);
-                        out.push((op, l, r));
-                    }
-                } else {
-                    for (r, c) in &matches {
-                        for _ in 0..*c {
-                            let (l, rr) = pair(Some(this.clone()), Some(r.clone()));
-                            out.push((op, l, rr));
-                        }
-                    }
-                }
-                if self.outer[other] && total_other > 0 && self.side_total(side, &key) == 0 {
-                    for (r, c) in &matches {
-                        for _ in 0..*c {
-                            let (l, rr) = pair(None, Some(r.clone()));
-                            out.push((Op::Insert, l, rr));
-                        }
-                    }
+                emit_joined(&mut out, side, op, this, &matches, self.outer[side]);
+                if self.outer[other] && !matches.is_empty() && self.side_total(side, &key) == 0 {
+                    emit_other_padded(&mut out, side, Op::Insert, &matches);
                 }
             }
         }

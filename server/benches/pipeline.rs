@@ -142,6 +142,20 @@ fn main() {
         c.batch_execute("FLUSH").await.unwrap();
         let secs = t.elapsed().as_secs_f64();
         println!("datagen -> TUMBLE + SUM + HAVING -> blackhole: {:.0} events/s ({total} events)", total as f64 / secs);
+        c.batch_execute("CREATE TABLE gen_join_out (window_start TIMESTAMP(3), window_end TIMESTAMP(3), user_id BIGINT, total DOUBLE, avg_spend DOUBLE) WITH ('connector' = 'blackhole')")
+            .await
+            .unwrap();
+        let t = Instant::now();
+        c.batch_execute(
+            "INSERT INTO gen_join_out SELECT window_start, window_end, user_id, SUM(amount), MAX(avg_credit_spend)
+             FROM TABLE(TUMBLE(TABLE (SELECT t.user_id, t.amount, t.ts, c.avg_credit_spend FROM gen_tx t JOIN gen_customers c ON t.user_id = c.id), DESCRIPTOR(ts), INTERVAL '10' SECOND))
+             GROUP BY window_start, window_end, user_id HAVING SUM(amount) > MAX(avg_credit_spend)",
+        )
+        .await
+        .unwrap_or_else(|e| println!("datagen join + window: not run: {e}"));
+        c.batch_execute("FLUSH").await.unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        println!("datagen -> join + TUMBLE + SUM + HAVING -> blackhole: {:.0} events/s ({total} events)", total as f64 / secs);
         println!("daemon peak RSS after all runs: {:.0} MiB", peak_rss_mib(server.pid()));
     });
     drop(server);

@@ -230,3 +230,38 @@ fn stolen_cards_example_with_psycopg() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `STOP JOB` stops a persistent query for good: its sink no longer changes, and it stays
+/// stopped across a restart; `SHOW JOBS` and `sluice_jobs` report it.
+#[test]
+fn stop_job_is_durable() {
+    let dir = temp_dir("stopjob");
+    let mut server = start(&dir);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut c = rt.block_on(connect(server.port()));
+    rt.block_on(async {
+        exec(&c, "CREATE TABLE src (a BIGINT); CREATE TABLE dst (a BIGINT); INSERT INTO dst SELECT a FROM src").await;
+        exec(&c, "INSERT INTO src VALUES (1), (2); FLUSH").await;
+        assert_eq!(rows(&c, "SELECT count(*) FROM dst").await, vec![vec![Some("2".into())]]);
+        let id = rows(&c, "SELECT job_id FROM sluice_jobs").await[0][0].clone().unwrap();
+        let shown = rows(&c, "SHOW JOBS").await;
+        assert_eq!(shown[0][0].as_deref(), Some(id.as_str()));
+        assert_eq!(shown[0][1].as_deref(), Some("RUNNING"));
+        exec(&c, &format!("STOP JOB '{id}'")).await;
+        exec(&c, "INSERT INTO src VALUES (3); FLUSH").await;
+        assert_eq!(rows(&c, "SELECT count(*) FROM dst").await, vec![vec![Some("2".into())]]);
+        assert_eq!(rows(&c, "SELECT status FROM sluice_jobs").await, vec![vec![Some("STOPPED".into())]]);
+        // A stopped job no longer holds its tables.
+        exec(&c, "DROP TABLE dst").await;
+        let e = c.simple_query("STOP JOB 'nope'").await.unwrap_err();
+        assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("42704"));
+    });
+    server.restart(true).unwrap();
+    c = rt.block_on(connect(server.port()));
+    rt.block_on(async {
+        assert_eq!(rows(&c, "SELECT status FROM sluice_jobs").await, vec![vec![Some("STOPPED".into())]]);
+    });
+    drop(c);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
