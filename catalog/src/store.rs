@@ -42,11 +42,19 @@ impl Store {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Hot data stays uncompressed (the log is read back soon after it is written, state is
+        // small and random); the bottommost level, where old data settles, is LZ4-compressed.
+        opts.set_compression_type(rocksdb::DBCompressionType::None);
+        opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.increase_parallelism(2);
         let cfs = [CF_CATALOG, CF_LOG, CF_STATE, CF_META]
             .into_iter()
-            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+            .map(|n| {
+                let mut o = Options::default();
+                o.set_compression_type(rocksdb::DBCompressionType::None);
+                o.set_bottommost_compression_type(rocksdb::DBCompressionType::Lz4);
+                ColumnFamilyDescriptor::new(n, o)
+            });
         let db = DB::open_cf_descriptors(&opts, dir.join("rocksdb"), cfs)?;
         Ok(Store { db: Arc::new(db) })
     }

@@ -458,7 +458,6 @@ impl Operator for AggregateOp {
                         out.push((Op::Insert, key.clone(), self.results(&g)?));
                     }
                 }
-                self.dirty.remove(&key);
             }
             self.fired.push(we);
         }

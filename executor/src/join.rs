@@ -7,7 +7,7 @@
 //! State per side: key -> (encoded row -> multiplicity), checkpointed incrementally under
 //! `<side byte><key length u32><key><row>`.
 
-use datafusion::common::{HashMap, HashSet};
+use datafusion::common::HashMap;
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
@@ -32,7 +32,9 @@ pub struct JoinOp {
     key_conv: RowConverter,
     row_conv: [RowConverter; 2],
     state: [SideState; 2],
-    dirty: [HashSet<(Vec<u8>, Vec<u8>)>; 2],
+    /// State changes since the last checkpoint, in order; repeats are harmless (the
+    /// checkpoint writes each entry's final count).
+    dirty: [Vec<(Vec<u8>, Vec<u8>)>; 2],
     filter: Option<FilterOp>,
 }
 
@@ -67,7 +69,7 @@ impl JoinOp {
             outer: [left_outer, right_outer],
             schema,
             state: [HashMap::default(), HashMap::default()],
-            dirty: [HashSet::default(), HashSet::default()],
+            dirty: [Vec::new(), Vec::new()],
             filter: filter.map(FilterOp::new),
         })
     }
@@ -89,7 +91,7 @@ impl JoinOp {
             }
             None => return false,
         }
-        self.dirty[side].insert((key.to_vec(), row.to_vec()));
+        self.dirty[side].push((key.to_vec(), row.to_vec()));
         true
     }
 
@@ -168,7 +170,7 @@ impl Operator for JoinOp {
                 }
                 emit_joined(&mut out, side, op, this, &matches, self.outer[side]);
                 *self.state[side].entry(key.clone()).or_default().entry(this.to_vec()).or_insert(0) += 1;
-                self.dirty[side].insert((key, this.to_vec()));
+                self.dirty[side].push((key, this.to_vec()));
             } else {
                 if !self.remove_row(side, &key, this) {
                     // A retraction of a row this join never saw: nothing was emitted for it.
@@ -192,7 +194,7 @@ impl Operator for JoinOp {
 
     fn checkpoint(&mut self, w: &mut StateWriter<'_>) -> Result<()> {
         for side in 0..2 {
-            for (key, row) in self.dirty[side].drain() {
+            for (key, row) in std::mem::take(&mut self.dirty[side]) {
                 let mut k = Vec::with_capacity(5 + key.len() + row.len());
                 k.push(side as u8);
                 k.extend_from_slice(&(key.len() as u32).to_be_bytes());

@@ -4,6 +4,11 @@ use clap::Parser;
 use sluice_server::config::{Cli, Config};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: operators allocate many small row buffers and Arrow many large ones; glibc's
+/// allocator spent a tenth of the pipeline benchmark zeroing pages it had just returned.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     let config = match Config::load(&cli) {
