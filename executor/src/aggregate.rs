@@ -26,7 +26,7 @@ use sluice_catalog::{ChangeBatch, Op};
 
 use crate::error::{ExecError, Result};
 use crate::operator::Operator;
-use crate::rows::{converter, decode, eval, expr_types};
+use crate::rows::{converter, decode, decode_optional, eval, expr_types};
 use crate::source::to_millis;
 use crate::state::{StateReader, StateWriter};
 
@@ -140,6 +140,14 @@ fn window_prefix(we: i64) -> [u8; 8] {
     ((we as u64) ^ (1 << 63)).to_be_bytes()
 }
 
+/// One aggregate's output for a group: a value, or a MIN/MAX still in Arrow's row encoding
+/// (`None` when the group has no non-null value).
+#[derive(Debug, Clone, PartialEq)]
+enum AggOut {
+    Scalar(ScalarValue),
+    Encoded(Option<Vec<u8>>),
+}
+
 /// How one aggregate reads its argument.
 struct AggSpec {
     kind: AggKind,
@@ -161,8 +169,10 @@ pub struct AggregateOp {
     window_end_index: Option<usize>,
     schema: SchemaRef,
     groups: HashMap<Vec<u8>, Group>,
-    windows: BTreeMap<i64, HashSet<Vec<u8>>>,
-    dirty: HashSet<Vec<u8>>,
+    /// Window end -> the groups of that window (each listed once, when created).
+    windows: BTreeMap<i64, Vec<Vec<u8>>>,
+    /// Groups changed since the last checkpoint, in order; repeats are harmless.
+    dirty: Vec<Vec<u8>>,
     /// Windows emitted since the last checkpoint: their state is deleted as a range.
     fired: Vec<i64>,
     watermark: i64,
@@ -215,7 +225,7 @@ impl AggregateOp {
             schema,
             groups: HashMap::default(),
             windows: BTreeMap::new(),
-            dirty: HashSet::default(),
+            dirty: Vec::new(),
             fired: Vec::new(),
             watermark: i64::MIN,
             late_rows,
@@ -239,8 +249,9 @@ impl AggregateOp {
         Group { rows: 0, accs, window_end }
     }
 
-    /// The group's current output values, one per aggregate.
-    fn results(&self, g: &Group) -> Result<Vec<ScalarValue>> {
+    /// The group's current output values, one per aggregate. MIN and MAX stay row-encoded
+    /// until [`Self::build`] decodes a whole column at once.
+    fn results(&self, g: &Group) -> Result<Vec<AggOut>> {
         let mut out = Vec::with_capacity(self.aggs.len());
         for (spec, acc) in self.aggs.iter().zip(&g.accs) {
             let v = match acc {
@@ -255,37 +266,44 @@ impl AggregateOp {
                 Acc::SumFloat { sum, .. } => ScalarValue::Float64(Some(*sum)),
                 Acc::Avg { sum, n } => ScalarValue::Float64(Some(*sum / *n as f64)),
                 Acc::Values(m) => {
-                    let (conv, t) = spec.conv.as_ref().expect("values accumulators have a converter");
                     let pick = match spec.kind {
                         AggKind::CountDistinct => {
-                            out.push(ScalarValue::Int64(Some(m.len() as i64)).cast_to(&spec.out_type)?);
+                            out.push(AggOut::Scalar(ScalarValue::Int64(Some(m.len() as i64)).cast_to(&spec.out_type)?));
                             continue;
                         }
                         AggKind::Min => m.keys().next(),
                         _ => m.keys().next_back(),
                     };
-                    match pick {
-                        None => ScalarValue::try_from(&spec.out_type)?,
-                        Some(bytes) => {
-                            let arr = decode(conv, std::slice::from_ref(t), &[bytes.as_slice()])?;
-                            ScalarValue::try_from_array(&arr[0], 0)?
-                        }
-                    }
+                    out.push(AggOut::Encoded(pick.cloned()));
+                    continue;
                 }
             };
-            out.push(if v.data_type() == spec.out_type { v } else { v.cast_to(&spec.out_type)? });
+            out.push(AggOut::Scalar(if v.data_type() == spec.out_type { v } else { v.cast_to(&spec.out_type)? }));
         }
         Ok(out)
     }
 
-    fn build(&self, rows: Vec<(Op, Vec<u8>, Vec<ScalarValue>)>) -> Result<ChangeBatch> {
+    fn build(&self, rows: Vec<(Op, Vec<u8>, Vec<AggOut>)>) -> Result<ChangeBatch> {
         let keys: Vec<&[u8]> = rows.iter().map(|r| r.1.as_slice()).collect();
         let mut cols: Vec<ArrayRef> = decode(&self.group_conv, &self.group_types, &keys)?;
         for (i, spec) in self.aggs.iter().enumerate() {
             if rows.is_empty() {
                 cols.push(arrow::array::new_empty_array(&spec.out_type));
+            } else if let (Some((conv, t)), true) = (&spec.conv, matches!(spec.kind, AggKind::Min | AggKind::Max)) {
+                let encoded: Vec<Option<&[u8]>> = rows
+                    .iter()
+                    .map(|r| match &r.2[i] {
+                        AggOut::Encoded(e) => e.as_deref(),
+                        AggOut::Scalar(_) => None,
+                    })
+                    .collect();
+                let col = decode_optional(conv, std::slice::from_ref(t), &encoded)?.remove(0);
+                cols.push(if col.data_type() == &spec.out_type { col } else { cast(&col, &spec.out_type)? });
             } else {
-                cols.push(ScalarValue::iter_to_array(rows.iter().map(|r| r.2[i].clone()))?);
+                cols.push(ScalarValue::iter_to_array(rows.iter().map(|r| match &r.2[i] {
+                    AggOut::Scalar(v) => v.clone(),
+                    AggOut::Encoded(_) => ScalarValue::Null,
+                }))?);
             }
         }
         let cols = cols
@@ -369,7 +387,7 @@ impl Operator for AggregateOp {
             Some(i) => Some(to_millis(&group_cols[i])?),
             None => None,
         };
-        let mut touched: Vec<(Vec<u8>, Option<Vec<ScalarValue>>)> = Vec::new();
+        let mut touched: Vec<(Vec<u8>, Option<Vec<AggOut>>)> = Vec::new();
         let mut seen: HashSet<Vec<u8>> = HashSet::default();
         for i in 0..n {
             let we = match &window_ends {
@@ -399,7 +417,7 @@ impl Operator for AggregateOp {
                 let g = self.new_group(we);
                 self.groups.insert(key.clone(), g);
                 if let Some(we) = we {
-                    self.windows.entry(we).or_default().insert(key.clone());
+                    self.windows.entry(we).or_default().push(key.clone());
                 }
             }
             let w = batch.ops[i].weight();
@@ -408,7 +426,7 @@ impl Operator for AggregateOp {
             for (j, acc) in g.accs.iter_mut().enumerate() {
                 accumulate(acc, args[j].as_ref(), encoded[j].as_ref(), i, w);
             }
-            self.dirty.insert(key);
+            self.dirty.push(key);
         }
         if window_ends.is_some() {
             return Ok(vec![]);
@@ -450,9 +468,7 @@ impl Operator for AggregateOp {
         let mut out = Vec::new();
         let closed: Vec<i64> = self.windows.range(..=watermark).map(|(k, _)| *k).collect();
         for we in closed {
-            let mut keys: Vec<Vec<u8>> = self.windows.remove(&we).unwrap_or_default().into_iter().collect();
-            keys.sort();
-            for key in keys {
+            for key in self.windows.remove(&we).unwrap_or_default() {
                 if let Some(g) = self.groups.remove(&key) {
                     if g.rows > 0 {
                         out.push((Op::Insert, key.clone(), self.results(&g)?));
@@ -472,7 +488,7 @@ impl Operator for AggregateOp {
             w.delete_range(&window_prefix(we), &window_prefix(we + 1));
         }
         let windowed = self.window_end_index.is_some();
-        for key in self.dirty.drain() {
+        for key in std::mem::take(&mut self.dirty) {
             match self.groups.get(&key) {
                 Some(g) => match g.window_end {
                     Some(we) if windowed => {
@@ -495,7 +511,7 @@ impl Operator for AggregateOp {
             let g = Group::decode(&v)?;
             let key = if windowed { k.get(8..).unwrap_or_default().to_vec() } else { k };
             if let Some(we) = g.window_end {
-                self.windows.entry(we).or_default().insert(key.clone());
+                self.windows.entry(we).or_default().push(key.clone());
             }
             self.groups.insert(key, g);
         }
