@@ -38,8 +38,9 @@ pub struct JoinOp {
     filter: Option<FilterOp>,
 }
 
-/// One output row: op, left row, right row (`None` = NULL padding).
-type OutRow = (Op, Option<Vec<u8>>, Option<Vec<u8>>);
+/// One output row: op, left row, right row (`None` = NULL padding), borrowed from the input's
+/// encoded rows and the other side's state.
+type OutRow<'a> = (Op, Option<&'a [u8]>, Option<&'a [u8]>);
 
 impl JoinOp {
     /// Builds a join of inputs with schemas `left` and `right` producing `schema`.
@@ -74,39 +75,41 @@ impl JoinOp {
         })
     }
 
-    fn side_total(&self, side: usize, key: &[u8]) -> i64 {
-        self.state[side].get(key).map(|m| m.values().sum()).unwrap_or(0)
-    }
+}
 
-    /// Removes one occurrence of `row` under `key` on `side`; false if it was not there.
-    fn remove_row(&mut self, side: usize, key: &[u8], row: &[u8]) -> bool {
-        let Some(m) = self.state[side].get_mut(key) else { return false };
-        match m.get_mut(row) {
-            Some(c) if *c > 1 => *c -= 1,
-            Some(_) => {
-                m.remove(row);
-                if m.is_empty() {
-                    self.state[side].remove(key);
-                }
+/// Decodes output rows into a batch of `schema` (left columns, then right columns).
+fn build(conv: &[RowConverter; 2], types: &[Vec<DataType>; 2], schema: &SchemaRef, out: Vec<OutRow<'_>>) -> Result<ChangeBatch> {
+    let left: Vec<Option<&[u8]>> = out.iter().map(|r| r.1).collect();
+    let right: Vec<Option<&[u8]>> = out.iter().map(|r| r.2).collect();
+    let mut cols: Vec<ArrayRef> = decode_optional(&conv[0], &types[0], &left)?;
+    cols.extend(decode_optional(&conv[1], &types[1], &right)?);
+    let data = RecordBatch::try_new(schema.clone(), cols)?;
+    Ok(ChangeBatch::new(data, out.into_iter().map(|r| r.0).collect()))
+}
+
+/// Rows with `key` on one side, counted with multiplicity.
+fn side_total(state: &SideState, key: &[u8]) -> i64 {
+    state.get(key).map(|m| m.values().sum()).unwrap_or(0)
+}
+
+/// Removes one occurrence of `row` under `key`; false if it was not there.
+fn remove_row(state: &mut SideState, key: &[u8], row: &[u8]) -> bool {
+    let Some(m) = state.get_mut(key) else { return false };
+    match m.get_mut(row) {
+        Some(c) if *c > 1 => *c -= 1,
+        Some(_) => {
+            m.remove(row);
+            if m.is_empty() {
+                state.remove(key);
             }
-            None => return false,
         }
-        self.dirty[side].push((key.to_vec(), row.to_vec()));
-        true
+        None => return false,
     }
-
-    fn build(&self, out: Vec<OutRow>) -> Result<ChangeBatch> {
-        let left: Vec<Option<&[u8]>> = out.iter().map(|r| r.1.as_deref()).collect();
-        let right: Vec<Option<&[u8]>> = out.iter().map(|r| r.2.as_deref()).collect();
-        let mut cols: Vec<ArrayRef> = decode_optional(&self.row_conv[0], &self.types[0], &left)?;
-        cols.extend(decode_optional(&self.row_conv[1], &self.types[1], &right)?);
-        let data = RecordBatch::try_new(self.schema.clone(), cols)?;
-        Ok(ChangeBatch::new(data, out.into_iter().map(|r| r.0).collect()))
-    }
+    true
 }
 
 /// An output row with `this` on the input's side and `that` on the other.
-fn oriented(side: usize, op: Op, this: Option<Vec<u8>>, that: Option<Vec<u8>>) -> OutRow {
+fn oriented<'a>(side: usize, op: Op, this: Option<&'a [u8]>, that: Option<&'a [u8]>) -> OutRow<'a> {
     if side == 0 {
         (op, this, that)
     } else {
@@ -116,25 +119,25 @@ fn oriented(side: usize, op: Op, this: Option<Vec<u8>>, that: Option<Vec<u8>>) -
 
 /// `this` joined with every match (each as often as its multiplicity), or NULL-padded when
 /// there is none and its side is preserved by an outer join.
-fn emit_joined(out: &mut Vec<OutRow>, side: usize, op: Op, this: &[u8], matches: &[(Vec<u8>, i64)], outer: bool) {
+fn emit_joined<'a>(out: &mut Vec<OutRow<'a>>, side: usize, op: Op, this: &'a [u8], matches: &[(&'a [u8], i64)], outer: bool) {
     if matches.is_empty() {
         if outer {
-            out.push(oriented(side, op, Some(this.to_vec()), None));
+            out.push(oriented(side, op, Some(this), None));
         }
         return;
     }
     for (r, c) in matches {
         for _ in 0..*c {
-            out.push(oriented(side, op, Some(this.to_vec()), Some(r.clone())));
+            out.push(oriented(side, op, Some(this), Some(r)));
         }
     }
 }
 
 /// The other side's rows, NULL-padded on this side.
-fn emit_other_padded(out: &mut Vec<OutRow>, side: usize, op: Op, matches: &[(Vec<u8>, i64)]) {
+fn emit_other_padded<'a>(out: &mut Vec<OutRow<'a>>, side: usize, op: Op, matches: &[(&'a [u8], i64)]) {
     for (r, c) in matches {
         for _ in 0..*c {
-            out.push(oriented(side, op, None, Some(r.clone())));
+            out.push(oriented(side, op, None, Some(r)));
         }
     }
 }
@@ -145,39 +148,48 @@ impl Operator for JoinOp {
         let key_cols = eval(&self.keys[side], &batch.data)?;
         let keys = self.key_conv.convert_columns(&key_cols)?;
         let rows = self.row_conv[side].convert_columns(batch.data.columns())?;
-        let mut out: Vec<OutRow> = Vec::new();
+        let (this_state, other_state) = {
+            let (a, b) = self.state.split_at_mut(1);
+            if side == 0 {
+                (&mut a[0], &b[0])
+            } else {
+                (&mut b[0], &a[0])
+            }
+        };
+        let dirty = &mut self.dirty[side];
+        let (outer_this, outer_other) = (self.outer[side], self.outer[other]);
+        let mut out: Vec<OutRow<'_>> = Vec::new();
         for i in 0..batch.num_rows() {
             let op = batch.ops[i];
-            let row = rows.row(i);
-            let this = row.as_ref();
+            let this = rows.row(i).data();
             if any_null(&key_cols, i) {
-                if self.outer[side] {
-                    out.push(oriented(side, op, Some(this.to_vec()), None));
+                if outer_this {
+                    out.push(oriented(side, op, Some(this), None));
                 }
                 continue;
             }
-            let key = keys.row(i).as_ref().to_vec();
-            let matches: Vec<(Vec<u8>, i64)> = self.state[other]
-                .get(&key)
-                .map(|m| m.iter().filter(|(_, c)| **c > 0).map(|(r, c)| (r.clone(), *c)).collect())
+            let key = keys.row(i).data();
+            let matches: Vec<(&[u8], i64)> = other_state
+                .get(key)
+                .map(|m| m.iter().filter(|(_, c)| **c > 0).map(|(r, c)| (r.as_slice(), *c)).collect())
                 .unwrap_or_default();
             // The other side's NULL-padded rows exist exactly while this side has no row with
             // the key: the first insertion retracts them, the last retraction restores them.
-            let pads_change = self.outer[other] && !matches.is_empty() && self.side_total(side, &key) == 0;
             if op.is_insertion() {
-                if pads_change {
+                if outer_other && !matches.is_empty() && side_total(this_state, key) == 0 {
                     emit_other_padded(&mut out, side, Op::Delete, &matches);
                 }
-                emit_joined(&mut out, side, op, this, &matches, self.outer[side]);
-                *self.state[side].entry(key.clone()).or_default().entry(this.to_vec()).or_insert(0) += 1;
-                self.dirty[side].push((key, this.to_vec()));
+                emit_joined(&mut out, side, op, this, &matches, outer_this);
+                *this_state.entry(key.to_vec()).or_default().entry(this.to_vec()).or_insert(0) += 1;
+                dirty.push((key.to_vec(), this.to_vec()));
             } else {
-                if !self.remove_row(side, &key, this) {
+                if !remove_row(this_state, key, this) {
                     // A retraction of a row this join never saw: nothing was emitted for it.
                     continue;
                 }
-                emit_joined(&mut out, side, op, this, &matches, self.outer[side]);
-                if self.outer[other] && !matches.is_empty() && self.side_total(side, &key) == 0 {
+                dirty.push((key.to_vec(), this.to_vec()));
+                emit_joined(&mut out, side, op, this, &matches, outer_this);
+                if outer_other && !matches.is_empty() && side_total(this_state, key) == 0 {
                     emit_other_padded(&mut out, side, Op::Insert, &matches);
                 }
             }
@@ -185,7 +197,7 @@ impl Operator for JoinOp {
         if out.is_empty() {
             return Ok(vec![]);
         }
-        let joined = self.build(out)?;
+        let joined = build(&self.row_conv, &self.types, &self.schema, out)?;
         match &mut self.filter {
             Some(f) => f.process(0, joined),
             None => Ok(vec![joined]),
