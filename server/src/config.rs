@@ -72,3 +72,24 @@ impl Config {
         fig.extract()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("sluice.toml", "listen = \"127.0.0.1:5000\"\ndata_dir = \"from-file\"\nlog = \"debug\"")?;
+            jail.set_env("SLUICE_DATA_DIR", "from-env");
+            let cli = Cli { listen: None, data_dir: None, log: None, config: None };
+            let c = Config::load(&cli).expect("loads");
+            assert_eq!(c.listen.port(), 5000);
+            assert_eq!(c.data_dir, PathBuf::from("from-env"));
+            assert_eq!(c.log, "debug");
+            let cli = Cli { listen: Some("127.0.0.1:6000".parse().unwrap()), data_dir: None, log: None, config: None };
+            assert_eq!(Config::load(&cli).expect("loads").listen.port(), 6000);
+            Ok(())
+        });
+    }
+}

@@ -20,6 +20,14 @@ async fn extended_protocol_copy_and_errors() {
     c.execute(&ins, &[&1i64, &"ana", &1.5f64, &"2024-01-01 10:00:00", &true]).await.unwrap();
     c.execute(&ins, &[&2i64, &None::<String>, &2.5f64, &"2024-01-01 11:00:00", &false]).await.unwrap();
 
+    // Parse with explicit parameter types.
+    let typed = c
+        .prepare_typed("INSERT INTO t (id, name) VALUES ($1, $2)", &[tokio_postgres::types::Type::INT8, tokio_postgres::types::Type::TEXT])
+        .await
+        .unwrap();
+    c.execute(&typed, &[&10i64, &"typed"]).await.unwrap();
+    c.batch_execute("DELETE FROM t WHERE id = 10").await.unwrap_err();
+
     // Typed results come back in binary format.
     let r = c.query("SELECT id, name, amount, ok FROM t WHERE id = $1", &[&2i64]).await.unwrap();
     assert_eq!(r.len(), 1);
@@ -27,8 +35,10 @@ async fn extended_protocol_copy_and_errors() {
     assert_eq!(r[0].get::<_, Option<String>>(1), None);
     assert_eq!(r[0].get::<_, f64>(2), 2.5);
     assert!(!r[0].get::<_, bool>(3));
-    let r = c.query("SELECT count(*) FROM t", &[]).await.unwrap();
+    let r = c.query("SELECT count(*) FROM t WHERE id <> 10", &[]).await.unwrap();
     assert_eq!(r[0].get::<_, i64>(0), 2);
+    let r = c.query("SELECT name FROM t WHERE id = 10", &[]).await.unwrap();
+    assert_eq!(r[0].get::<_, String>(0), "typed");
 
     // Statements Sluice answers itself describe their rows too.
     let r = c.query("SHOW TABLES", &[]).await.unwrap();
@@ -46,7 +56,7 @@ async fn extended_protocol_copy_and_errors() {
     sink.send(bytes::Bytes::from_static(b"id,name,amount\n5,\"d, e\",5.5\n")).await.unwrap();
     assert_eq!(sink.finish().await.unwrap(), 1);
     assert_eq!(
-        rows(&c, "SELECT id, name FROM t WHERE id >= 3 ORDER BY id").await,
+        rows(&c, "SELECT id, name FROM t WHERE id >= 3 AND id < 10 ORDER BY id").await,
         vec![
             vec![Some("3".into()), Some("cy".into())],
             vec![Some("4".into()), None],
@@ -62,7 +72,7 @@ async fn extended_protocol_copy_and_errors() {
     let db = err.as_db_error().expect("server error");
     assert_eq!(db.code().code(), "22P02");
     assert!(db.message().contains("line 2"), "{}", db.message());
-    assert_eq!(rows(&c, "SELECT count(*) FROM t").await, vec![vec![Some("5".into())]]);
+    assert_eq!(rows(&c, "SELECT count(*) FROM t").await, vec![vec![Some("6".into())]]);
 
     // SQLSTATE codes.
     for (sql, code) in [
