@@ -4,8 +4,12 @@
 //! emit NULL-padded rows for rows without a match and retract them when a match appears.
 //! Rows whose key has a NULL never match (SQL equality).
 //!
-//! State per side: key -> (encoded row -> multiplicity), checkpointed incrementally under
-//! `<side byte><key length u32><key><row>`.
+//! State per side: key -> (encoded row -> multiplicity), held in memory. A checkpoint writes the
+//! entries changed during the epoch as one delta record (`d<seq>`), so the store sees one write
+//! per epoch rather than one per row, as a changelog state backend does; when the deltas outgrow
+//! twice the last snapshot, a new snapshot (`s<chunk>`, 32 MiB chunks) of the whole state
+//! replaces them. A restore
+//! applies the snapshot, then the deltas in order.
 
 use datafusion::common::HashMap;
 
@@ -35,6 +39,12 @@ pub struct JoinOp {
     /// State changes since the last checkpoint, in order; repeats are harmless (the
     /// checkpoint writes each entry's final count).
     dirty: [Vec<(Vec<u8>, Vec<u8>)>; 2],
+    /// Sequence number of the next state delta record.
+    next_delta: u64,
+    /// Bytes of delta records written since the last snapshot.
+    log_bytes: usize,
+    /// Size of the last snapshot record.
+    snapshot_bytes: usize,
     filter: Option<FilterOp>,
 }
 
@@ -71,10 +81,46 @@ impl JoinOp {
             schema,
             state: [HashMap::default(), HashMap::default()],
             dirty: [Vec::new(), Vec::new()],
+            next_delta: 0,
+            log_bytes: 0,
+            snapshot_bytes: 0,
             filter: filter.map(FilterOp::new),
         })
     }
 
+}
+
+fn bad_state() -> ExecError {
+    ExecError::CorruptState("join state".into())
+}
+
+/// One state entry: side byte, key length (u32 LE), key, row length (u32 LE), row, count (i64
+/// LE; 0 when the row is gone).
+fn encode_entry(buf: &mut Vec<u8>, side: usize, key: &[u8], row: &[u8], count: i64) {
+    buf.push(side as u8);
+    buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    buf.extend_from_slice(key);
+    buf.extend_from_slice(&(row.len() as u32).to_le_bytes());
+    buf.extend_from_slice(row);
+    buf.extend_from_slice(&count.to_le_bytes());
+}
+
+fn decode_entry<'a>(buf: &'a [u8], pos: &mut usize) -> Result<(usize, &'a [u8], &'a [u8], i64)> {
+    let mut take = |n: usize| -> Result<&'a [u8]> {
+        let s = buf.get(*pos..*pos + n).ok_or_else(bad_state)?;
+        *pos += n;
+        Ok(s)
+    };
+    let side = take(1)?[0] as usize;
+    if side > 1 {
+        return Err(bad_state());
+    }
+    let klen = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
+    let key = take(klen)?;
+    let rlen = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
+    let row = take(rlen)?;
+    let count = i64::from_le_bytes(take(8)?.try_into().unwrap());
+    Ok((side, key, row, count))
 }
 
 /// Decodes output rows into a batch of `schema` (left columns, then right columns).
@@ -205,36 +251,151 @@ impl Operator for JoinOp {
     }
 
     fn checkpoint(&mut self, w: &mut StateWriter<'_>) -> Result<()> {
+        if self.dirty.iter().all(|d| d.is_empty()) {
+            return Ok(());
+        }
+        let mut delta = Vec::new();
         for side in 0..2 {
             for (key, row) in std::mem::take(&mut self.dirty[side]) {
-                let mut k = Vec::with_capacity(5 + key.len() + row.len());
-                k.push(side as u8);
-                k.extend_from_slice(&(key.len() as u32).to_be_bytes());
-                k.extend_from_slice(&key);
-                k.extend_from_slice(&row);
-                match self.state[side].get(&key).and_then(|m| m.get(&row)) {
-                    Some(c) if *c > 0 => w.put(&k, &c.to_be_bytes()),
-                    _ => w.delete(&k),
+                let count = self.state[side].get(&key).and_then(|m| m.get(&row)).copied().unwrap_or(0);
+                encode_entry(&mut delta, side, &key, &row, count);
+            }
+        }
+        self.log_bytes += delta.len();
+        if self.log_bytes > 2 * self.snapshot_bytes + (16 << 20) {
+            // Compact: one snapshot of the whole state replaces the snapshot and deltas before it.
+            // Written in chunks of at most 32 MiB, keyed `s<chunk u32>`.
+            w.delete_range(b"d", b"e");
+            w.delete_range(b"s", b"t");
+            let mut chunk = Vec::new();
+            let mut n_chunk = 0u32;
+            let mut total = 0;
+            for side in 0..2 {
+                for (key, rows) in &self.state[side] {
+                    for (row, count) in rows {
+                        encode_entry(&mut chunk, side, key, row, *count);
+                        if chunk.len() >= 32 << 20 {
+                            let mut k = b"s".to_vec();
+                            k.extend_from_slice(&n_chunk.to_be_bytes());
+                            w.put(&k, &chunk);
+                            total += chunk.len();
+                            n_chunk += 1;
+                            chunk.clear();
+                        }
+                    }
+                }
+            }
+            let mut k = b"s".to_vec();
+            k.extend_from_slice(&n_chunk.to_be_bytes());
+            w.put(&k, &chunk);
+            self.snapshot_bytes = total + chunk.len();
+            self.log_bytes = 0;
+        } else {
+            let mut k = b"d".to_vec();
+            k.extend_from_slice(&self.next_delta.to_be_bytes());
+            w.put(&k, &delta);
+        }
+        self.next_delta += 1;
+        Ok(())
+    }
+
+    fn restore(&mut self, r: &StateReader<'_>) -> Result<()> {
+        let entries = r.entries()?;
+        // The snapshot (`s`) first, then the deltas (`d<seq>`) in order.
+        let snap = entries.iter().filter(|(k, _)| k.first() == Some(&b's'));
+        let deltas = entries.iter().filter(|(k, _)| k.first() == Some(&b'd'));
+        for (k, v) in snap.chain(deltas) {
+            if k.first() == Some(&b'd') {
+                let seq = u64::from_be_bytes(k.get(1..9).and_then(|b| b.try_into().ok()).ok_or_else(bad_state)?);
+                self.next_delta = self.next_delta.max(seq + 1);
+                self.log_bytes += v.len();
+            } else {
+                self.snapshot_bytes += v.len();
+            }
+            let mut pos = 0;
+            while pos < v.len() {
+                let (side, key, row, count) = decode_entry(v, &mut pos)?;
+                let m = self.state[side].entry(key.to_vec()).or_default();
+                if count > 0 {
+                    m.insert(row.to_vec(), count);
+                } else {
+                    m.remove(row);
+                    if m.is_empty() {
+                        self.state[side].remove(key);
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    fn restore(&mut self, r: &StateReader<'_>) -> Result<()> {
-        for (k, v) in r.entries()? {
-            let bad = || ExecError::CorruptState("join state key".into());
-            let side = *k.first().ok_or_else(bad)? as usize;
-            let klen = u32::from_be_bytes(k.get(1..5).ok_or_else(bad)?.try_into().unwrap()) as usize;
-            let key = k.get(5..5 + klen).ok_or_else(bad)?.to_vec();
-            let row = k[5 + klen..].to_vec();
-            let count = i64::from_be_bytes(v.as_slice().try_into().map_err(|_| bad())?);
-            self.state.get_mut(side).ok_or_else(bad)?.entry(key).or_default().insert(row, count);
-        }
-        Ok(())
-    }
-
     fn name(&self) -> &'static str {
         "Join"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+    use datafusion::physical_expr::expressions::Column;
+    use rocksdb::WriteBatch;
+    use sluice_catalog::Store;
+
+    use super::*;
+    use crate::state::operator_prefix;
+
+    fn batch(schema: &SchemaRef, ids: &[i64], names: &[&str], ops: &[Op]) -> ChangeBatch {
+        let data = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from(ids.to_vec())), Arc::new(StringArray::from(names.to_vec()))],
+        )
+        .unwrap();
+        ChangeBatch::new(data, ops.to_vec())
+    }
+
+    fn join(schema: &SchemaRef) -> JoinOp {
+        let out = Arc::new(Schema::new(
+            schema.fields().iter().chain(schema.fields().iter()).map(|f| f.as_ref().clone()).collect::<Vec<_>>(),
+        ));
+        let key: ExprRef = Arc::new(Column::new("id", 0));
+        JoinOp::try_new(schema.clone(), schema.clone(), vec![key.clone()], vec![key], None, true, false, out).unwrap()
+    }
+
+    #[test]
+    fn left_join_changelog_and_state_round_trip() {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true), Field::new("s", DataType::Utf8, true)]));
+        let mut j = join(&schema);
+        let out = j.process(0, batch(&schema, &[1, 2], &["a", "b"], &[Op::Insert, Op::Insert])).unwrap();
+        assert_eq!(out[0].to_text(), "+I 1 a NULL NULL\n+I 2 b NULL NULL\n");
+        let out = j.process(1, batch(&schema, &[1], &["x"], &[Op::Insert])).unwrap();
+        assert_eq!(out[0].to_text(), "-D 1 a NULL NULL\n+I 1 a 1 x\n");
+        let out = j.process(1, batch(&schema, &[1], &["x"], &[Op::Delete])).unwrap();
+        assert_eq!(out[0].to_text(), "-D 1 a 1 x\n+I 1 a NULL NULL\n");
+
+        let dir = std::env::temp_dir().join(format!("sluice-join-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        let commit = |j: &mut JoinOp| {
+            let mut wb = WriteBatch::default();
+            j.checkpoint(&mut StateWriter::new(&store, &mut wb, operator_prefix("t", 0))).unwrap();
+            store.write(wb).unwrap();
+        };
+        commit(&mut j);
+        j.process(1, batch(&schema, &[2, 3], &["y", "z"], &[Op::Insert, Op::Insert])).unwrap();
+        j.log_bytes = usize::MAX / 4; // force a snapshot
+        commit(&mut j);
+        j.process(0, batch(&schema, &[2], &["b"], &[Op::Delete])).unwrap();
+        j.process(0, batch(&schema, &[3], &["c"], &[Op::Insert])).unwrap();
+        commit(&mut j);
+
+        let mut restored = join(&schema);
+        restored.restore(&StateReader::new(&store, operator_prefix("t", 0))).unwrap();
+        assert_eq!(restored.state, j.state);
+        let out = restored.process(1, batch(&schema, &[3], &["z"], &[Op::Delete])).unwrap();
+        assert_eq!(out[0].to_text(), "-D 3 c 3 z\n+I 3 c NULL NULL\n");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
