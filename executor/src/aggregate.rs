@@ -28,7 +28,7 @@ use crate::error::{ExecError, Result};
 use crate::operator::Operator;
 use crate::rows::{converter, decode, decode_optional, eval, expr_types};
 use crate::source::to_millis;
-use crate::state::{StateReader, StateWriter};
+use crate::state::{DeltaLog, StateReader, StateWriter};
 
 #[derive(Debug, Clone, PartialEq)]
 enum Acc {
@@ -135,9 +135,14 @@ impl Reader<'_> {
     }
 }
 
-/// Big-endian, sign-flipped window end: state keys of one window are contiguous and ordered.
-fn window_prefix(we: i64) -> [u8; 8] {
-    ((we as u64) ^ (1 << 63)).to_be_bytes()
+/// A `put` entry: tag 0, key length (u32 LE), key, value length (u32 LE), encoded group.
+fn put_entry(buf: &mut Vec<u8>, key: &[u8], g: &Group) {
+    let v = g.encode();
+    buf.push(0);
+    buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    buf.extend_from_slice(key);
+    buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&v);
 }
 
 /// One aggregate's output for a group: a value, or a MIN/MAX still in Arrow's row encoding
@@ -173,8 +178,10 @@ pub struct AggregateOp {
     windows: BTreeMap<i64, Vec<Vec<u8>>>,
     /// Groups changed since the last checkpoint, in order; repeats are harmless.
     dirty: Vec<Vec<u8>>,
-    /// Windows emitted since the last checkpoint: their state is deleted as a range.
+    /// Windows emitted since the last checkpoint.
     fired: Vec<i64>,
+    /// How the state is checkpointed.
+    log: DeltaLog,
     watermark: i64,
     late_rows: Arc<AtomicU64>,
 }
@@ -227,6 +234,7 @@ impl AggregateOp {
             windows: BTreeMap::new(),
             dirty: Vec::new(),
             fired: Vec::new(),
+            log: DeltaLog::default(),
             watermark: i64::MIN,
             late_rows,
         })
@@ -484,38 +492,65 @@ impl Operator for AggregateOp {
     }
 
     fn checkpoint(&mut self, w: &mut StateWriter<'_>) -> Result<()> {
+        // Entries: 2 = drop a fired window's groups, 0 = put a group, 1 = delete a group.
+        let mut delta = Vec::new();
         for we in self.fired.drain(..) {
-            w.delete_range(&window_prefix(we), &window_prefix(we + 1));
+            delta.push(2);
+            delta.extend_from_slice(&we.to_le_bytes());
         }
         let windowed = self.window_end_index.is_some();
         for key in std::mem::take(&mut self.dirty) {
             match self.groups.get(&key) {
-                Some(g) => match g.window_end {
-                    Some(we) if windowed => {
-                        let mut k = window_prefix(we).to_vec();
-                        k.extend_from_slice(&key);
-                        w.put(&k, &g.encode());
-                    }
-                    _ => w.put(&key, &g.encode()),
-                },
-                None if !windowed => w.delete(&key),
+                Some(g) => put_entry(&mut delta, &key, g),
+                // A windowed group that is gone was emitted: its window's drop covers it.
+                None if !windowed => {
+                    delta.push(1);
+                    delta.extend_from_slice(&(key.len() as u32).to_le_bytes());
+                    delta.extend_from_slice(&key);
+                }
                 None => {}
             }
         }
+        let groups = &self.groups;
+        self.log.commit(w, &delta, |snap| {
+            for (key, g) in groups {
+                put_entry(snap.buf(), key, g);
+            }
+        });
         Ok(())
     }
 
     fn restore(&mut self, r: &StateReader<'_>) -> Result<()> {
-        let windowed = self.window_end_index.is_some();
-        for (k, v) in r.entries()? {
-            let g = Group::decode(&v)?;
-            let key = if windowed { k.get(8..).unwrap_or_default().to_vec() } else { k };
-            if let Some(we) = g.window_end {
-                self.windows.entry(we).or_default().push(key.clone());
+        let (groups, windows) = (&mut self.groups, &mut self.windows);
+        self.log.restore(r, |v| {
+            let mut rd = Reader { b: v, pos: 0 };
+            while rd.pos < v.len() {
+                match rd.take(1)?[0] {
+                    0 => {
+                        let klen = u32::from_le_bytes(rd.take(4)?.try_into().unwrap()) as usize;
+                        let key = rd.take(klen)?.to_vec();
+                        let vlen = u32::from_le_bytes(rd.take(4)?.try_into().unwrap()) as usize;
+                        let g = Group::decode(rd.take(vlen)?)?;
+                        if let Some(we) = g.window_end {
+                            windows.entry(we).or_default().push(key.clone());
+                        }
+                        groups.insert(key, g);
+                    }
+                    1 => {
+                        let klen = u32::from_le_bytes(rd.take(4)?.try_into().unwrap()) as usize;
+                        groups.remove(rd.take(klen)?);
+                    }
+                    2 => {
+                        let we = rd.i64()?;
+                        for key in windows.remove(&we).unwrap_or_default() {
+                            groups.remove(&key);
+                        }
+                    }
+                    t => return Err(ExecError::CorruptState(format!("aggregate state entry {t}"))),
+                }
             }
-            self.groups.insert(key, g);
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn name(&self) -> &'static str {

@@ -23,7 +23,7 @@ use crate::error::{ExecError, Result};
 use crate::filter::FilterOp;
 use crate::operator::Operator;
 use crate::rows::{any_null, converter, decode_optional, eval, expr_types, schema_converter, types_of};
-use crate::state::{StateReader, StateWriter};
+use crate::state::{DeltaLog, StateReader, StateWriter};
 
 type SideState = HashMap<Vec<u8>, HashMap<Vec<u8>, i64>>;
 
@@ -39,12 +39,8 @@ pub struct JoinOp {
     /// State changes since the last checkpoint, in order; repeats are harmless (the
     /// checkpoint writes each entry's final count).
     dirty: [Vec<(Vec<u8>, Vec<u8>)>; 2],
-    /// Sequence number of the next state delta record.
-    next_delta: u64,
-    /// Bytes of delta records written since the last snapshot.
-    log_bytes: usize,
-    /// Size of the last snapshot record.
-    snapshot_bytes: usize,
+    /// How the state is checkpointed.
+    log: DeltaLog,
     filter: Option<FilterOp>,
 }
 
@@ -81,9 +77,7 @@ impl JoinOp {
             schema,
             state: [HashMap::default(), HashMap::default()],
             dirty: [Vec::new(), Vec::new()],
-            next_delta: 0,
-            log_bytes: 0,
-            snapshot_bytes: 0,
+            log: DeltaLog::default(),
             filter: filter.map(FilterOp::new),
         })
     }
@@ -251,9 +245,6 @@ impl Operator for JoinOp {
     }
 
     fn checkpoint(&mut self, w: &mut StateWriter<'_>) -> Result<()> {
-        if self.dirty.iter().all(|d| d.is_empty()) {
-            return Ok(());
-        }
         let mut delta = Vec::new();
         for side in 0..2 {
             for (key, row) in std::mem::take(&mut self.dirty[side]) {
@@ -261,72 +252,37 @@ impl Operator for JoinOp {
                 encode_entry(&mut delta, side, &key, &row, count);
             }
         }
-        self.log_bytes += delta.len();
-        if self.log_bytes > 2 * self.snapshot_bytes + (16 << 20) {
-            // Compact: one snapshot of the whole state replaces the snapshot and deltas before it.
-            // Written in chunks of at most 32 MiB, keyed `s<chunk u32>`.
-            w.delete_range(b"d", b"e");
-            w.delete_range(b"s", b"t");
-            let mut chunk = Vec::new();
-            let mut n_chunk = 0u32;
-            let mut total = 0;
-            for side in 0..2 {
-                for (key, rows) in &self.state[side] {
+        let state = &self.state;
+        self.log.commit(w, &delta, |snap| {
+            for (side, m) in state.iter().enumerate() {
+                for (key, rows) in m {
                     for (row, count) in rows {
-                        encode_entry(&mut chunk, side, key, row, *count);
-                        if chunk.len() >= 32 << 20 {
-                            let mut k = b"s".to_vec();
-                            k.extend_from_slice(&n_chunk.to_be_bytes());
-                            w.put(&k, &chunk);
-                            total += chunk.len();
-                            n_chunk += 1;
-                            chunk.clear();
-                        }
+                        encode_entry(snap.buf(), side, key, row, *count);
                     }
                 }
             }
-            let mut k = b"s".to_vec();
-            k.extend_from_slice(&n_chunk.to_be_bytes());
-            w.put(&k, &chunk);
-            self.snapshot_bytes = total + chunk.len();
-            self.log_bytes = 0;
-        } else {
-            let mut k = b"d".to_vec();
-            k.extend_from_slice(&self.next_delta.to_be_bytes());
-            w.put(&k, &delta);
-        }
-        self.next_delta += 1;
+        });
         Ok(())
     }
 
     fn restore(&mut self, r: &StateReader<'_>) -> Result<()> {
-        let entries = r.entries()?;
-        // The snapshot (`s`) first, then the deltas (`d<seq>`) in order.
-        let snap = entries.iter().filter(|(k, _)| k.first() == Some(&b's'));
-        let deltas = entries.iter().filter(|(k, _)| k.first() == Some(&b'd'));
-        for (k, v) in snap.chain(deltas) {
-            if k.first() == Some(&b'd') {
-                let seq = u64::from_be_bytes(k.get(1..9).and_then(|b| b.try_into().ok()).ok_or_else(bad_state)?);
-                self.next_delta = self.next_delta.max(seq + 1);
-                self.log_bytes += v.len();
-            } else {
-                self.snapshot_bytes += v.len();
-            }
+        let state = &mut self.state;
+        self.log.restore(r, |v| {
             let mut pos = 0;
             while pos < v.len() {
                 let (side, key, row, count) = decode_entry(v, &mut pos)?;
-                let m = self.state[side].entry(key.to_vec()).or_default();
+                let m = state[side].entry(key.to_vec()).or_default();
                 if count > 0 {
                     m.insert(row.to_vec(), count);
                 } else {
                     m.remove(row);
                     if m.is_empty() {
-                        self.state[side].remove(key);
+                        state[side].remove(key);
                     }
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn name(&self) -> &'static str {
@@ -385,7 +341,7 @@ mod tests {
         };
         commit(&mut j);
         j.process(1, batch(&schema, &[2, 3], &["y", "z"], &[Op::Insert, Op::Insert])).unwrap();
-        j.log_bytes = usize::MAX / 4; // force a snapshot
+        j.log.force_snapshot();
         commit(&mut j);
         j.process(0, batch(&schema, &[2], &["b"], &[Op::Delete])).unwrap();
         j.process(0, batch(&schema, &[3], &["c"], &[Op::Insert])).unwrap();
