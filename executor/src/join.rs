@@ -38,7 +38,7 @@ pub struct JoinOp {
     state: [SideState; 2],
     /// State changes since the last checkpoint, in order; repeats are harmless (the
     /// checkpoint writes each entry's final count).
-    dirty: [Vec<(Vec<u8>, Vec<u8>)>; 2],
+    dirty: [Vec<(Vec<u8>, Vec<u8>, i64)>; 2],
     /// How the state is checkpointed.
     log: DeltaLog,
     filter: Option<FilterOp>,
@@ -132,20 +132,24 @@ fn side_total(state: &SideState, key: &[u8]) -> i64 {
     state.get(key).map(|m| m.values().sum()).unwrap_or(0)
 }
 
-/// Removes one occurrence of `row` under `key`; false if it was not there.
-fn remove_row(state: &mut SideState, key: &[u8], row: &[u8]) -> bool {
-    let Some(m) = state.get_mut(key) else { return false };
+/// Removes one occurrence of `row` under `key`; returns the count left, or `None` if the row
+/// was not there.
+fn remove_row(state: &mut SideState, key: &[u8], row: &[u8]) -> Option<i64> {
+    let m = state.get_mut(key)?;
     match m.get_mut(row) {
-        Some(c) if *c > 1 => *c -= 1,
+        Some(c) if *c > 1 => {
+            *c -= 1;
+            Some(*c)
+        }
         Some(_) => {
             m.remove(row);
             if m.is_empty() {
                 state.remove(key);
             }
+            Some(0)
         }
-        None => return false,
+        None => None,
     }
-    true
 }
 
 /// An output row with `this` on the input's side and `that` on the other.
@@ -220,14 +224,15 @@ impl Operator for JoinOp {
                     emit_other_padded(&mut out, side, Op::Delete, &matches);
                 }
                 emit_joined(&mut out, side, op, this, &matches, outer_this);
-                *this_state.entry(key.to_vec()).or_default().entry(this.to_vec()).or_insert(0) += 1;
-                dirty.push((key.to_vec(), this.to_vec()));
+                let count = this_state.entry_ref(key).or_default().entry_ref(this).or_insert(0);
+                *count += 1;
+                dirty.push((key.to_vec(), this.to_vec(), *count));
             } else {
-                if !remove_row(this_state, key, this) {
+                let Some(left) = remove_row(this_state, key, this) else {
                     // A retraction of a row this join never saw: nothing was emitted for it.
                     continue;
-                }
-                dirty.push((key.to_vec(), this.to_vec()));
+                };
+                dirty.push((key.to_vec(), this.to_vec(), left));
                 emit_joined(&mut out, side, op, this, &matches, outer_this);
                 if outer_other && !matches.is_empty() && side_total(this_state, key) == 0 {
                     emit_other_padded(&mut out, side, Op::Insert, &matches);
@@ -247,8 +252,8 @@ impl Operator for JoinOp {
     fn checkpoint(&mut self, w: &mut StateWriter<'_>) -> Result<()> {
         let mut delta = Vec::new();
         for side in 0..2 {
-            for (key, row) in std::mem::take(&mut self.dirty[side]) {
-                let count = self.state[side].get(&key).and_then(|m| m.get(&row)).copied().unwrap_or(0);
+            // Each change carries its count after the change; a restore applies them in order.
+            for (key, row, count) in std::mem::take(&mut self.dirty[side]) {
                 encode_entry(&mut delta, side, &key, &row, count);
             }
         }
