@@ -45,6 +45,8 @@ struct Group {
     rows: i64,
     accs: Vec<Acc>,
     window_end: Option<i64>,
+    /// Listed in the operator's dirty keys since the last checkpoint (not stored).
+    dirty: bool,
 }
 
 impl Group {
@@ -115,7 +117,7 @@ impl Group {
                 t => return Err(ExecError::CorruptState(format!("aggregate state tag {t}"))),
             });
         }
-        Ok(Group { rows, accs, window_end: (we != i64::MIN).then_some(we) })
+        Ok(Group { rows, accs, window_end: (we != i64::MIN).then_some(we), dirty: false })
     }
 }
 
@@ -240,23 +242,6 @@ impl AggregateOp {
         })
     }
 
-    fn new_group(&self, window_end: Option<i64>) -> Group {
-        let accs = self
-            .aggs
-            .iter()
-            .map(|a| match a.kind {
-                AggKind::Count => Acc::Count(0),
-                AggKind::Sum => match a.acc_type {
-                    Some(DataType::Float64) => Acc::SumFloat { sum: 0.0, n: 0 },
-                    _ => Acc::SumInt { sum: 0, n: 0 },
-                },
-                AggKind::Avg => Acc::Avg { sum: 0.0, n: 0 },
-                AggKind::Min | AggKind::Max | AggKind::CountDistinct => Acc::Values(BTreeMap::new()),
-            })
-            .collect();
-        Group { rows: 0, accs, window_end }
-    }
-
     /// The group's current output values, one per aggregate. MIN and MAX stay row-encoded
     /// until [`Self::build`] decodes a whole column at once.
     fn results(&self, g: &Group) -> Result<Vec<AggOut>> {
@@ -324,41 +309,102 @@ impl AggregateOp {
     }
 }
 
-/// Reads row `i` of an argument array into the accumulator with multiplicity `w`.
-fn accumulate(acc: &mut Acc, arr: Option<&ArrayRef>, enc: Option<&arrow::row::Rows>, i: usize, w: i64) {
-    let Some(arr) = arr else {
-        if let Acc::Count(n) = acc {
-            *n += w;
+/// A fresh group for the aggregates `aggs`.
+fn new_group(aggs: &[AggSpec], window_end: Option<i64>) -> Group {
+    let accs = aggs
+        .iter()
+        .map(|a| match a.kind {
+            AggKind::Count => Acc::Count(0),
+            AggKind::Sum => match a.acc_type {
+                Some(DataType::Float64) => Acc::SumFloat { sum: 0.0, n: 0 },
+                _ => Acc::SumInt { sum: 0, n: 0 },
+            },
+            AggKind::Avg => Acc::Avg { sum: 0.0, n: 0 },
+            AggKind::Min | AggKind::Max | AggKind::CountDistinct => Acc::Values(BTreeMap::new()),
+        })
+        .collect();
+    Group { rows: 0, accs, window_end, dirty: false }
+}
+
+/// An aggregate's argument column, downcast once per batch.
+enum Arg<'a> {
+    /// `COUNT(*)`.
+    Star,
+    I64(&'a Int64Array),
+    F64(&'a Float64Array),
+    Dec(&'a Decimal128Array),
+    /// MIN / MAX / COUNT(DISTINCT): the column and its row encoding.
+    Encoded(&'a ArrayRef, &'a arrow::row::Rows),
+    Other(&'a ArrayRef),
+}
+
+impl<'a> Arg<'a> {
+    fn new(arr: Option<&'a ArrayRef>, enc: Option<&'a arrow::row::Rows>) -> Arg<'a> {
+        let Some(a) = arr else { return Arg::Star };
+        if let Some(e) = enc {
+            return Arg::Encoded(a, e);
         }
-        return;
-    };
-    if arr.is_null(i) {
+        if let Some(x) = a.as_any().downcast_ref::<Int64Array>() {
+            Arg::I64(x)
+        } else if let Some(x) = a.as_any().downcast_ref::<Float64Array>() {
+            Arg::F64(x)
+        } else if let Some(x) = a.as_any().downcast_ref::<Decimal128Array>() {
+            Arg::Dec(x)
+        } else {
+            Arg::Other(a)
+        }
+    }
+
+    fn is_null(&self, i: usize) -> bool {
+        match self {
+            Arg::Star => false,
+            Arg::I64(a) => a.is_null(i),
+            Arg::F64(a) => a.is_null(i),
+            Arg::Dec(a) => a.is_null(i),
+            Arg::Encoded(a, _) | Arg::Other(a) => a.is_null(i),
+        }
+    }
+}
+
+/// Reads row `i` of an argument array into the accumulator with multiplicity `w`.
+fn accumulate(acc: &mut Acc, arg: &Arg<'_>, i: usize, w: i64) {
+    if arg.is_null(i) {
         return;
     }
     match acc {
         Acc::Count(n) => *n += w,
         Acc::SumInt { sum, n } => {
-            let v = if let Some(a) = arr.as_any().downcast_ref::<Int64Array>() {
-                a.value(i) as i128
-            } else if let Some(a) = arr.as_any().downcast_ref::<Decimal128Array>() {
-                a.value(i)
-            } else {
-                0
+            let v = match arg {
+                Arg::I64(a) => a.value(i) as i128,
+                Arg::Dec(a) => a.value(i),
+                _ => 0,
             };
             *sum += v * w as i128;
             *n += w;
         }
         Acc::SumFloat { sum, n } | Acc::Avg { sum, n } => {
-            let v = arr.as_any().downcast_ref::<Float64Array>().map(|a| a.value(i)).unwrap_or(0.0);
+            let v = match arg {
+                Arg::F64(a) => a.value(i),
+                _ => 0.0,
+            };
             *sum += v * w as f64;
             *n += w;
         }
         Acc::Values(m) => {
-            let key = enc.expect("encoded").row(i).as_ref().to_vec();
-            let c = m.entry(key.clone()).or_insert(0);
-            *c += w;
-            if *c <= 0 {
-                m.remove(&key);
+            let Arg::Encoded(_, enc) = arg else { return };
+            let row = enc.row(i);
+            let key = row.data();
+            match m.get_mut(key) {
+                Some(c) => {
+                    *c += w;
+                    if *c <= 0 {
+                        m.remove(key);
+                    }
+                }
+                None if w > 0 => {
+                    m.insert(key.to_vec(), w);
+                }
+                None => {}
             }
         }
     }
@@ -395,6 +441,7 @@ impl Operator for AggregateOp {
             Some(i) => Some(to_millis(&group_cols[i])?),
             None => None,
         };
+        let arg_views: Vec<Arg<'_>> = args.iter().zip(&encoded).map(|(a, e)| Arg::new(a.as_ref(), e.as_ref())).collect();
         let mut touched: Vec<(Vec<u8>, Option<Vec<AggOut>>)> = Vec::new();
         let mut seen: HashSet<Vec<u8>> = HashSet::default();
         for i in 0..n {
@@ -412,29 +459,34 @@ impl Operator for AggregateOp {
                 }
                 None => None,
             };
-            let key = keys.row(i).as_ref().to_vec();
-            if window_ends.is_none() && !seen.contains(&key) {
-                let old = match self.groups.get(&key) {
+            let row = keys.row(i);
+            let key = row.data();
+            if window_ends.is_none() && !seen.contains(key) {
+                let old = match self.groups.get(key) {
                     Some(g) if g.rows > 0 => Some(self.results(g)?),
                     _ => None,
                 };
-                seen.insert(key.clone());
-                touched.push((key.clone(), old));
+                seen.insert(key.to_vec());
+                touched.push((key.to_vec(), old));
             }
-            if !self.groups.contains_key(&key) {
-                let g = self.new_group(we);
-                self.groups.insert(key.clone(), g);
-                if let Some(we) = we {
-                    self.windows.entry(we).or_default().push(key.clone());
+            let g = match self.groups.get_mut(key) {
+                Some(g) => g,
+                None => {
+                    if let Some(we) = we {
+                        self.windows.entry(we).or_default().push(key.to_vec());
+                    }
+                    self.groups.entry_ref(key).or_insert(new_group(&self.aggs, we))
                 }
-            }
+            };
             let w = batch.ops[i].weight();
-            let g = self.groups.get_mut(&key).expect("inserted above");
             g.rows += w;
-            for (j, acc) in g.accs.iter_mut().enumerate() {
-                accumulate(acc, args[j].as_ref(), encoded[j].as_ref(), i, w);
+            for (acc, arg) in g.accs.iter_mut().zip(&arg_views) {
+                accumulate(acc, arg, i, w);
             }
-            self.dirty.push(key);
+            if !g.dirty {
+                g.dirty = true;
+                self.dirty.push(key.to_vec());
+            }
         }
         if window_ends.is_some() {
             return Ok(vec![]);
@@ -500,8 +552,11 @@ impl Operator for AggregateOp {
         }
         let windowed = self.window_end_index.is_some();
         for key in std::mem::take(&mut self.dirty) {
-            match self.groups.get(&key) {
-                Some(g) => put_entry(&mut delta, &key, g),
+            match self.groups.get_mut(&key) {
+                Some(g) => {
+                    g.dirty = false;
+                    put_entry(&mut delta, &key, g);
+                }
                 // A windowed group that is gone was emitted: its window's drop covers it.
                 None if !windowed => {
                     delta.push(1);
