@@ -265,3 +265,36 @@ fn stop_job_is_durable() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Watermarks are tracked per source partition and combined by minimum: one late-moving
+/// partition holds a window open that a single-partition table would have closed.
+#[test]
+fn watermark_is_the_minimum_over_partitions() {
+    let dir = temp_dir("partitions");
+    let server = start(&dir);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let c = rt.block_on(connect(server.port()));
+    rt.block_on(async {
+        for (name, parts) in [("one", 1), ("two", 2)] {
+            exec(&c, &format!("CREATE TABLE ev_{name} (id BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts) WITH ('partitions' = '{parts}')")).await;
+            exec(&c, &format!("CREATE TABLE win_{name} (ws TIMESTAMP(3), n BIGINT)")).await;
+            exec(&c, &format!("INSERT INTO win_{name} SELECT window_start, COUNT(*) FROM TABLE(TUMBLE(TABLE ev_{name}, DESCRIPTOR(ts), INTERVAL '1' HOUR)) GROUP BY window_start, window_end")).await;
+            // 50 distinct rows in 10:00-10:59 spread over the partitions (rows hash by value).
+            let rows: Vec<String> = (0..50).map(|i| format!("({i}, TIMESTAMP '2024-01-01 10:00:00' + INTERVAL '{i}' MINUTE)")).collect();
+            exec(&c, &format!("INSERT INTO ev_{name} VALUES {}", rows.join(", "))).await;
+            // One row at 12:30 lands in one partition only.
+            exec(&c, &format!("INSERT INTO ev_{name} VALUES (1000, TIMESTAMP '2024-01-01 12:30:00')")).await;
+        }
+        exec(&c, "FLUSH").await;
+        assert_eq!(rows(&c, "SELECT n FROM win_one").await, vec![vec![Some("50".into())]]);
+        assert!(rows(&c, "SELECT n FROM win_two").await.is_empty(), "the other partition holds the watermark back");
+        // Rows in every partition past 11:00 close the window there too.
+        let later: Vec<String> = (0..50).map(|i| format!("({}, TIMESTAMP '2024-01-01 12:00:00' + INTERVAL '{i}' SECOND)", 2000 + i)).collect();
+        exec(&c, &format!("INSERT INTO ev_two VALUES {}", later.join(", "))).await;
+        exec(&c, "FLUSH").await;
+        assert_eq!(rows(&c, "SELECT n FROM win_two").await, vec![vec![Some("50".into())]]);
+    });
+    drop(c);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
