@@ -707,7 +707,7 @@ impl Engine {
             Arc::new(StringArray::from(errors)),
             Arc::new(StringArray::from(sqls)),
         ];
-        Ok(Output::Rows { schema: schema.clone(), batches: vec![RecordBatch::try_new(schema, cols)?] })
+        rows_output(schema, cols)
     }
 
     fn describe_table(&self, name: &str) -> SqlResult<Output> {
@@ -735,7 +735,7 @@ impl Engine {
             Arc::new(StringArray::from(extras)),
             Arc::new(StringArray::from(wms)),
         ];
-        Ok(Output::Rows { schema: schema.clone(), batches: vec![RecordBatch::try_new(schema, cols)?] })
+        rows_output(schema, cols)
     }
 
     async fn explain(&self, inner: &str) -> SqlResult<Output> {
@@ -788,10 +788,14 @@ fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// Rows made of `cols` in `schema`, as one batch.
+fn rows_output(schema: SchemaRef, cols: Vec<ArrayRef>) -> SqlResult<Output> {
+    Ok(Output::Rows { schema: schema.clone(), batches: vec![RecordBatch::try_new(schema, cols)?] })
+}
+
 fn one_row(cols: &[&str], values: Vec<String>) -> SqlResult<Output> {
-    let schema = text_schema(cols);
     let arrays: Vec<ArrayRef> = values.into_iter().map(|v| Arc::new(StringArray::from(vec![v])) as ArrayRef).collect();
-    Ok(Output::Rows { schema: schema.clone(), batches: vec![RecordBatch::try_new(schema, arrays)?] })
+    rows_output(text_schema(cols), arrays)
 }
 
 /// The columns of `SHOW JOBS` and of the `sluice_jobs` table.

@@ -78,6 +78,14 @@ fn to_pg(e: SqlError) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".to_owned(), e.code.to_owned(), e.message)))
 }
 
+/// The RowDescription of a statement's rows (none for statements without rows).
+fn describe_fields(schema: Option<arrow::datatypes::SchemaRef>, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
+    match schema {
+        Some(s) => arrow_schema_to_pg_fields(&s, format, None),
+        None => Ok(vec![]),
+    }
+}
+
 fn error_response(e: SqlError) -> Response {
     Response::Error(Box::new(ErrorInfo::new("ERROR".to_owned(), e.code.to_owned(), e.message)))
 }
@@ -170,11 +178,7 @@ impl ExtendedQueryHandler for Handler {
                 (None, None) => Type::TEXT,
             });
         }
-        let fields = match schema {
-            Some(s) => arrow_schema_to_pg_fields(&s, &Format::UnifiedText, None)?,
-            None => vec![],
-        };
-        Ok(DescribeStatementResponse::new(params, fields))
+        Ok(DescribeStatementResponse::new(params, describe_fields(schema, &Format::UnifiedText)?))
     }
 
     async fn do_describe_portal<C>(
@@ -189,11 +193,7 @@ impl ExtendedQueryHandler for Handler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let (_, schema) = self.engine.describe(&portal.statement.statement).await.map_err(to_pg)?;
-        let fields = match schema {
-            Some(s) => arrow_schema_to_pg_fields(&s, &portal.result_column_format, None)?,
-            None => vec![],
-        };
-        Ok(DescribePortalResponse::new(fields))
+        Ok(DescribePortalResponse::new(describe_fields(schema, &portal.result_column_format)?))
     }
 
     async fn do_query<C>(&self, client: &mut C, portal: &Portal<Self::Statement>, _max_rows: usize) -> PgWireResult<Response>

@@ -77,6 +77,11 @@ impl TableEntry {
     }
 }
 
+/// A scan over one in-memory batch.
+fn single_batch_exec(batch: RecordBatch, schema: &SchemaRef, projection: Option<&Vec<usize>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], schema.clone(), projection.cloned())?)
+}
+
 fn ext<E: std::error::Error + Send + Sync + 'static>(e: E) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
@@ -117,7 +122,7 @@ impl TableProvider for SluiceTable {
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let batch = self.entry.current_rows(self.log.0.as_ref())?;
-        Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], self.entry.schema.clone(), projection.cloned())?)
+        single_batch_exec(batch, &self.entry.schema, projection)
     }
 }
 
@@ -155,6 +160,6 @@ impl TableProvider for JobsTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let engine = self.engine.upgrade().ok_or_else(|| DataFusionError::Execution("server is shutting down".into()))?;
         let batch = engine.jobs_batch().map_err(|e| DataFusionError::Execution(e.message))?;
-        Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema.clone(), projection.cloned())?)
+        single_batch_exec(batch, &self.schema, projection)
     }
 }
