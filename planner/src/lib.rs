@@ -67,8 +67,8 @@ pub fn resolve_table(ctx: &SessionContext, mut def: TableDef) -> Result<(TableDe
                     .map_err(|e| PlanError::InvalidParameter(format!("computed column \"{}\": {e}", c.name)))?;
                 let p = ctx.state().create_physical_expr(e, &df)?;
                 let dt = p.data_type(&physical)?;
+                c.sql_type = ddl::sql_type_name(&dt);
                 c.data_type = dt.to_string();
-                c.sql_type = format!("AS {sql}");
             }
         }
     }

@@ -182,15 +182,33 @@ impl Cursor {
             }
             self.pos += 1;
         }
-        self.toks[start..self.pos].iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" ")
+        join_tokens(&self.toks[start..self.pos])
     }
 
     /// The remaining tokens as text.
     pub fn rest(&mut self) -> String {
-        let s = self.toks[self.pos..].iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" ");
+        let s = join_tokens(&self.toks[self.pos..]);
         self.pos = self.toks.len();
         s
     }
+}
+
+/// Renders tokens (whitespace dropped) as SQL text: one space between tokens, none inside
+/// parentheses' edges or before commas and periods (`TO_TIMESTAMP_LTZ(seq * 10, 3)`).
+pub fn join_tokens(toks: &[Token]) -> String {
+    let mut out = String::new();
+    let mut prev: Option<&Token> = None;
+    for t in toks {
+        let tight = matches!(t, Token::Comma | Token::RParen | Token::Period)
+            || matches!(prev, Some(Token::LParen | Token::Period) | None)
+            || (matches!(t, Token::LParen) && matches!(prev, Some(Token::Word(_))));
+        if !tight {
+            out.push(' ');
+        }
+        out.push_str(&t.to_string());
+        prev = Some(t);
+    }
+    out
 }
 
 /// True if `t` is the unquoted keyword `kw` (case-insensitive).

@@ -720,7 +720,7 @@ impl Engine {
         let mut wms = Vec::new();
         for c in &t.def.columns {
             names.push(c.name.clone());
-            types.push(if c.computed.is_some() { c.data_type.clone() } else { c.sql_type.clone() });
+            types.push(c.sql_type.clone());
             nulls.push(c.nullable);
             keys.push(t.def.primary_key.contains(&c.name).then(|| format!("PRI({})", t.def.primary_key.join(", "))));
             extras.push(c.computed.as_ref().map(|e| format!("AS {e}")));
