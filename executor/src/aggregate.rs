@@ -176,10 +176,12 @@ pub struct AggregateOp {
     window_end_index: Option<usize>,
     schema: SchemaRef,
     groups: HashMap<Vec<u8>, Group>,
-    /// Window end -> the groups of that window (each listed once, when created).
-    windows: BTreeMap<i64, Vec<Vec<u8>>>,
-    /// Groups changed since the last checkpoint, in order; repeats are harmless.
-    dirty: Vec<Vec<u8>>,
+    /// Windowed aggregation: window end -> that window's groups, so a closing window is emitted
+    /// and dropped as a whole.
+    windows: BTreeMap<i64, HashMap<Vec<u8>, Group>>,
+    /// Groups changed since the last checkpoint (window end for windowed groups), in order;
+    /// repeats are harmless.
+    dirty: Vec<(Option<i64>, Vec<u8>)>,
     /// Windows emitted since the last checkpoint.
     fired: Vec<i64>,
     /// How the state is checkpointed.
@@ -469,14 +471,10 @@ impl Operator for AggregateOp {
                 seen.insert(key.to_vec());
                 touched.push((key.to_vec(), old));
             }
-            let g = match self.groups.get_mut(key) {
-                Some(g) => g,
-                None => {
-                    if let Some(we) = we {
-                        self.windows.entry(we).or_default().push(key.to_vec());
-                    }
-                    self.groups.entry_ref(key).or_insert(new_group(&self.aggs, we))
-                }
+            let aggs = &self.aggs;
+            let g = match we {
+                Some(we) => self.windows.entry(we).or_default().entry_ref(key).or_insert_with(|| new_group(aggs, Some(we))),
+                None => self.groups.entry_ref(key).or_insert_with(|| new_group(aggs, None)),
             };
             let w = batch.ops[i].weight();
             g.rows += w;
@@ -485,7 +483,7 @@ impl Operator for AggregateOp {
             }
             if !g.dirty {
                 g.dirty = true;
-                self.dirty.push(key.to_vec());
+                self.dirty.push((we, key.to_vec()));
             }
         }
         if window_ends.is_some() {
@@ -526,13 +524,13 @@ impl Operator for AggregateOp {
             return Ok(vec![]);
         }
         let mut out = Vec::new();
-        let closed: Vec<i64> = self.windows.range(..=watermark).map(|(k, _)| *k).collect();
-        for we in closed {
-            for key in self.windows.remove(&we).unwrap_or_default() {
-                if let Some(g) = self.groups.remove(&key) {
-                    if g.rows > 0 {
-                        out.push((Op::Insert, key.clone(), self.results(&g)?));
-                    }
+        let open = self.windows.split_off(&watermark.saturating_add(1));
+        let closed = std::mem::replace(&mut self.windows, open);
+        for (we, groups) in closed {
+            for (key, g) in groups {
+                if g.rows > 0 {
+                    let res = self.results(&g)?;
+                    out.push((Op::Insert, key, res));
                 }
             }
             self.fired.push(we);
@@ -550,25 +548,28 @@ impl Operator for AggregateOp {
             delta.push(2);
             delta.extend_from_slice(&we.to_le_bytes());
         }
-        let windowed = self.window_end_index.is_some();
-        for key in std::mem::take(&mut self.dirty) {
-            match self.groups.get_mut(&key) {
-                Some(g) => {
+        for (we, key) in std::mem::take(&mut self.dirty) {
+            let g = match we {
+                Some(we) => self.windows.get_mut(&we).and_then(|m| m.get_mut(&key)),
+                None => self.groups.get_mut(&key),
+            };
+            match (g, we) {
+                (Some(g), _) => {
                     g.dirty = false;
                     put_entry(&mut delta, &key, g);
                 }
-                // A windowed group that is gone was emitted: its window's drop covers it.
-                None if !windowed => {
+                (None, None) => {
                     delta.push(1);
                     delta.extend_from_slice(&(key.len() as u32).to_le_bytes());
                     delta.extend_from_slice(&key);
                 }
-                None => {}
+                // A windowed group that is gone was emitted: its window's drop covers it.
+                (None, Some(_)) => {}
             }
         }
-        let groups = &self.groups;
+        let (groups, windows) = (&self.groups, &self.windows);
         self.log.commit(w, &delta, |snap| {
-            for (key, g) in groups {
+            for (key, g) in groups.iter().chain(windows.values().flat_map(|m| m.iter())) {
                 put_entry(snap.buf(), key, g);
             }
         });
@@ -586,20 +587,17 @@ impl Operator for AggregateOp {
                         let key = rd.take(klen)?.to_vec();
                         let vlen = u32::from_le_bytes(rd.take(4)?.try_into().unwrap()) as usize;
                         let g = Group::decode(rd.take(vlen)?)?;
-                        if let Some(we) = g.window_end {
-                            windows.entry(we).or_default().push(key.clone());
-                        }
-                        groups.insert(key, g);
+                        match g.window_end {
+                            Some(we) => windows.entry(we).or_default().insert(key, g),
+                            None => groups.insert(key, g),
+                        };
                     }
                     1 => {
                         let klen = u32::from_le_bytes(rd.take(4)?.try_into().unwrap()) as usize;
                         groups.remove(rd.take(klen)?);
                     }
                     2 => {
-                        let we = rd.i64()?;
-                        for key in windows.remove(&we).unwrap_or_default() {
-                            groups.remove(&key);
-                        }
+                        windows.remove(&rd.i64()?);
                     }
                     t => return Err(ExecError::CorruptState(format!("aggregate state entry {t}"))),
                 }
