@@ -19,4 +19,4 @@ pub mod table;
 pub use change::{ChangeBatch, Op, OP_COLUMN};
 pub use error::{CatalogError, Result};
 pub use store::Store;
-pub use table::{ColumnDef, JobDef, JobState, TableDef, WatermarkDef};
+pub use table::{redact_options, redact_text, ColumnDef, ConnectorDef, JobDef, JobState, TableDef, WatermarkDef};

@@ -155,6 +155,43 @@ impl Store {
         Ok(jobs)
     }
 
+    /// Stores a connector definition (create or replace).
+    pub fn put_connector(&self, c: &crate::ConnectorDef) -> Result<()> {
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(CF_CATALOG), format!("connector/{}", c.name), serde_json::to_vec(c)?);
+        self.write(b)
+    }
+
+    /// Removes a connector definition.
+    pub fn delete_connector(&self, name: &str) -> Result<()> {
+        let mut b = WriteBatch::default();
+        b.delete_cf(self.cf(CF_CATALOG), format!("connector/{name}"));
+        self.write(b)
+    }
+
+    /// All stored connectors, in creation order.
+    pub fn connectors(&self) -> Result<Vec<crate::ConnectorDef>> {
+        let mut out: Vec<crate::ConnectorDef> = self
+            .scan_prefix(CF_CATALOG, b"connector/")?
+            .into_iter()
+            .map(|(_, v)| serde_json::from_slice(&v))
+            .collect::<Result<_, _>>()?;
+        out.sort_by_key(|c| c.seq);
+        Ok(out)
+    }
+
+    /// Reads a key of the `meta` family (connector positions and flags).
+    pub fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_META), key)?)
+    }
+
+    /// Writes a key of the `meta` family, durably.
+    pub fn put_meta(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(CF_META), key, value);
+        self.write(b)
+    }
+
     /// Increments and returns a persistent counter (`name` in the `meta` family).
     pub fn next_counter(&self, name: &str) -> Result<u64> {
         let key = format!("counter/{name}");

@@ -158,3 +158,69 @@ pub struct JobDef {
     /// Creation order, used to restart jobs in the order they were created.
     pub seq: u64,
 }
+
+/// A connector created with `CREATE SOURCE CONNECTOR` / `CREATE SINK CONNECTOR` (ksqlDB's
+/// statements over Kafka Connect's configuration keys).
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConnectorDef {
+    /// Connector name.
+    pub name: String,
+    /// True for a source connector, false for a sink.
+    pub source: bool,
+    /// The `WITH (...)` options, keys lower-cased. They may hold a password: never print them
+    /// whole (see [`ConnectorDef::redacted_options`]).
+    pub options: BTreeMap<String, String>,
+    /// The tables the connector writes (a source: one per captured table) or reads (a sink).
+    pub tables: Vec<String>,
+    /// Creation order.
+    pub seq: u64,
+}
+
+impl std::fmt::Debug for ConnectorDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectorDef")
+            .field("name", &self.name)
+            .field("source", &self.source)
+            .field("options", &self.redacted_options())
+            .field("tables", &self.tables)
+            .finish()
+    }
+}
+
+impl ConnectorDef {
+    /// The `connector.class` option (or `connector`).
+    pub fn class(&self) -> &str {
+        self.options.get("connector.class").or_else(|| self.options.get("connector")).map(|s| s.as_str()).unwrap_or("")
+    }
+
+    /// The options with every secret (a key naming a password, or a URI with credentials) as `***`.
+    pub fn redacted_options(&self) -> BTreeMap<String, String> {
+        redact_options(&self.options)
+    }
+}
+
+/// `options` with the values of secret keys replaced by `***`: keys containing `password` or
+/// `secret`, and URIs (`uri`, `connection.uri`) that carry a `user:password@` part.
+pub fn redact_options(options: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    options
+        .iter()
+        .map(|(k, v)| {
+            let secret = k.contains("password") || k.contains("secret") || k.contains("sasl.jaas.config");
+            let uri_with_password = k.ends_with("uri") && v.contains('@') && v.contains("://");
+            (k.clone(), if secret || uri_with_password { "***".to_string() } else { v.clone() })
+        })
+        .collect()
+}
+
+/// `text` (a statement as the user typed it) with the values of `options`' secrets replaced by
+/// `***`, for `SHOW CREATE TABLE` and logs.
+pub fn redact_text(text: &str, options: &BTreeMap<String, String>) -> String {
+    let redacted = redact_options(options);
+    let mut out = text.to_string();
+    for (k, v) in options {
+        if redacted.get(k).map(|r| r != v).unwrap_or(false) && !v.is_empty() {
+            out = out.replace(&format!("'{}'", v.replace('\'', "''")), "'***'");
+        }
+    }
+    out
+}

@@ -15,6 +15,12 @@ pub enum ConnectorError {
     /// RocksDB failed.
     #[error("storage error: {0}")]
     Storage(#[from] rocksdb::Error),
+    /// An outside system (Kafka, Postgres, MongoDB) failed or refused a request.
+    #[error("{0}")]
+    External(String),
+    /// Writing rows into a table failed (a NOT NULL column given NULL, the store failing).
+    #[error("{0}")]
+    Write(String),
     /// Arrow failed encoding or decoding a batch.
     #[error("arrow error: {0}")]
     Arrow(#[from] arrow::error::ArrowError),

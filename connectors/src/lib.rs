@@ -4,12 +4,24 @@
 //!   change batches) and its embedded implementation on RocksDB, the default backend.
 //! - [`datagen`]: Flink's `datagen` test connector, a deterministic generator of rows.
 //! - [`options`]: parsing of `WITH (...)` options into typed structs, unknown keys rejected.
+//! - [`format`]: message formats (`json`, `debezium-json`, `csv`, `raw`) to and from rows.
+//! - [`task`]: what source and sink tasks share (the ingest target, status, backoff).
+//! - [`kafka`]: Flink's Kafka connector (source and sink) on rdkafka.
+//! - [`cdc`]: change data capture from Postgres logical replication (pgoutput).
+//! - [`smt`]: Kafka Connect's single message transforms, applied to captured rows.
+//! - [`mongo`]: the MongoDB sink.
 //! - [`error`]: the crate's error type.
 
+pub mod cdc;
 pub mod datagen;
 pub mod error;
+pub mod format;
+pub mod kafka;
 pub mod log;
+pub mod mongo;
 pub mod options;
+pub mod smt;
+pub mod task;
 
 pub use error::{ConnectorError, Result};
 pub use log::{EmbeddedLog, LogRecord, TopicLog};

@@ -3,8 +3,13 @@
 
 use std::collections::BTreeMap;
 
+use std::collections::BTreeSet;
+
+use crate::cdc::PostgresCdcOptions;
 use crate::datagen::DatagenOptions;
 use crate::error::{ConnectorError, Result};
+use crate::kafka::KafkaOptions;
+use crate::mongo::MongoOptions;
 
 /// What backs a table, decided by its `connector` option.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,11 +18,124 @@ pub enum TableConnector {
     Topic {
         /// `'partitions' = 'N'`: number of partitions of the topic (default 1).
         partitions: u32,
+        /// An outside system the topic is fed from or delivered to, if any: the table is still
+        /// a topic (jobs and batch SELECTs read it as any other), and a connector task copies
+        /// rows between it and the outside system (see `sluice_server::connect`).
+        external: Option<External>,
     },
     /// `'connector' = 'datagen'`: Flink's generator of test rows (a source only).
     Datagen(DatagenOptions),
     /// `'connector' = 'blackhole'`: Flink's sink that discards every row (a sink only).
     Blackhole,
+}
+
+/// A connector of a table to an outside system, by the table's `connector` option.
+#[derive(Debug, Clone, PartialEq)]
+pub enum External {
+    /// `'connector' = 'kafka'`, Flink's Kafka connector: a source, or a sink once a persistent
+    /// query writes into the table.
+    Kafka(KafkaOptions),
+    /// `'connector' = 'postgres-cdc'`, Flink CDC's Postgres connector: a source.
+    PostgresCdc(PostgresCdcOptions),
+    /// `'connector' = 'mongodb'`, Flink's MongoDB connector: a sink.
+    MongoDb(MongoOptions),
+}
+
+/// Reads `WITH (...)` options key by key and rejects, at [`OptionReader::finish`], the keys no
+/// one asked for, naming them (RisingWave and Flink both refuse unknown options).
+pub struct OptionReader<'a> {
+    map: &'a BTreeMap<String, String>,
+    used: BTreeSet<String>,
+    what: String,
+}
+
+impl<'a> OptionReader<'a> {
+    /// A reader over `map`; `what` names the connector in error messages.
+    pub fn new(map: &'a BTreeMap<String, String>, what: &str) -> Self {
+        let mut used = BTreeSet::new();
+        used.insert("connector".to_string());
+        used.insert("connector.class".to_string());
+        OptionReader { map, used, what: what.to_string() }
+    }
+
+    /// The value of `key`, if given.
+    pub fn get(&mut self, key: &str) -> Option<&'a str> {
+        self.used.insert(key.to_string());
+        self.map.get(key).map(|s| s.as_str())
+    }
+
+    /// The value of the first of `keys` that is given (aliases, as Debezium's renamed options).
+    pub fn get_any(&mut self, keys: &[&str]) -> Option<&'a str> {
+        let mut found = None;
+        for k in keys {
+            let v = self.get(k);
+            if found.is_none() {
+                found = v;
+            }
+        }
+        found
+    }
+
+    /// The value of `key`. Errors: [`ConnectorError::InvalidOption`] when it is missing.
+    pub fn required(&mut self, key: &str) -> Result<&'a str> {
+        self.get(key).ok_or_else(|| {
+            ConnectorError::InvalidOption(format!("option '{key}' is required for {}", self.what))
+        })
+    }
+
+    /// The value of `key` parsed as `T`, or `default`. Errors: a value that does not parse.
+    pub fn parse_or<T: std::str::FromStr>(&mut self, key: &str, default: T) -> Result<T> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.trim().parse().map_err(|_| {
+                ConnectorError::InvalidOption(format!("option '{key}' has a bad value '{v}' for {}", self.what))
+            }),
+        }
+    }
+
+    /// One of `allowed`, or `default`. Errors: any other value, listing the allowed ones.
+    pub fn choice(&mut self, key: &str, allowed: &[&str], default: &str) -> Result<String> {
+        let v = self.get(key).unwrap_or(default);
+        if allowed.contains(&v) {
+            Ok(v.to_string())
+        } else {
+            Err(ConnectorError::InvalidOption(format!(
+                "option '{key}' must be one of {} for {}, got '{v}'",
+                allowed.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(", "),
+                self.what
+            )))
+        }
+    }
+
+    /// Every option whose key starts with `prefix`, with the prefix removed.
+    pub fn prefixed(&mut self, prefix: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for (k, v) in self.map {
+            if let Some(rest) = k.strip_prefix(prefix) {
+                self.used.insert(k.clone());
+                out.insert(rest.to_string(), v.clone());
+            }
+        }
+        out
+    }
+
+    /// Errors: [`ConnectorError::InvalidOption`] naming the first key that was never read.
+    pub fn finish(self) -> Result<()> {
+        match self.map.keys().find(|k| !self.used.contains(*k)) {
+            Some(k) => Err(unknown(k, &self.what)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The `partitions` option of a topic-backed table (default 1).
+fn partitions_option(r: &mut OptionReader<'_>) -> Result<u32> {
+    match r.get("partitions") {
+        None => Ok(1),
+        Some(v) => v.parse().ok().filter(|p| *p >= 1).ok_or_else(|| {
+            ConnectorError::InvalidOption(format!("option 'partitions' must be a positive integer, got '{v}'"))
+        }),
+    }
 }
 
 /// Parses a table's options.
@@ -43,7 +161,28 @@ pub fn parse_table_options(options: &BTreeMap<String, String>) -> Result<TableCo
                     other => return Err(unknown(other, "a topic-backed table")),
                 }
             }
-            Ok(TableConnector::Topic { partitions })
+            Ok(TableConnector::Topic { partitions, external: None })
+        }
+        Some("kafka") | Some("upsert-kafka") => {
+            let mut r = OptionReader::new(options, "connector 'kafka'");
+            let partitions = partitions_option(&mut r)?;
+            let k = KafkaOptions::parse(&mut r)?;
+            r.finish()?;
+            Ok(TableConnector::Topic { partitions, external: Some(External::Kafka(k)) })
+        }
+        Some("postgres-cdc") => {
+            let mut r = OptionReader::new(options, "connector 'postgres-cdc'");
+            let partitions = partitions_option(&mut r)?;
+            let c = PostgresCdcOptions::parse_flink(&mut r)?;
+            r.finish()?;
+            Ok(TableConnector::Topic { partitions, external: Some(External::PostgresCdc(c)) })
+        }
+        Some("mongodb") => {
+            let mut r = OptionReader::new(options, "connector 'mongodb'");
+            let partitions = partitions_option(&mut r)?;
+            let m = MongoOptions::parse_flink(&mut r)?;
+            r.finish()?;
+            Ok(TableConnector::Topic { partitions, external: Some(External::MongoDb(m)) })
         }
         Some("datagen") => Ok(TableConnector::Datagen(DatagenOptions::parse(options)?)),
         Some("blackhole") => {
@@ -53,7 +192,7 @@ pub fn parse_table_options(options: &BTreeMap<String, String>) -> Result<TableCo
             Ok(TableConnector::Blackhole)
         }
         Some(other) => Err(ConnectorError::InvalidOption(format!(
-            "unknown connector '{other}' (supported: datagen, blackhole; tables without a connector are topics)"
+            "unknown connector '{other}' (supported: kafka, upsert-kafka, postgres-cdc, mongodb, datagen, blackhole; tables without a connector are topics)"
         ))),
     }
 }

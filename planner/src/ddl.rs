@@ -32,6 +32,31 @@ pub struct CreateTable {
     pub if_not_exists: bool,
 }
 
+/// Parses `('key' = 'value', ...)`, the list after `WITH`; keys are lower-cased.
+///
+/// Errors: [`PlanError::Syntax`] for a malformed list.
+pub fn parse_with_options(c: &mut Cursor) -> Result<BTreeMap<String, String>> {
+    let mut options = BTreeMap::new();
+    c.expect(&Token::LParen, "'(' after WITH")?;
+    if !c.eat(&Token::RParen) {
+        loop {
+            let k = c.string()?;
+            c.expect(&Token::Eq, "'=' in WITH options")?;
+            let v = match c.next() {
+                Token::SingleQuotedString(s) => s,
+                Token::Number(n, _) => n,
+                other => return Err(PlanError::Syntax(format!("expected a quoted option value, found {other}"))),
+            };
+            options.insert(k.to_lowercase(), v);
+            if !c.eat(&Token::Comma) {
+                break;
+            }
+        }
+        c.expect(&Token::RParen, "')' closing WITH")?;
+    }
+    Ok(options)
+}
+
 /// Parses `CREATE TABLE ...` (the cursor is positioned after `CREATE TABLE`).
 ///
 /// Errors: [`PlanError::Syntax`] for malformed text, [`PlanError::UnknownType`] for a type name
@@ -112,26 +137,7 @@ pub fn parse_create_table(c: &mut Cursor, create_sql: &str) -> Result<CreateTabl
         c.expect(&Token::RParen, "',' or ')' in the column list")?;
         break;
     }
-    let mut options = BTreeMap::new();
-    if c.eat_kw("WITH") {
-        c.expect(&Token::LParen, "'(' after WITH")?;
-        if !c.eat(&Token::RParen) {
-            loop {
-                let k = c.string()?;
-                c.expect(&Token::Eq, "'=' in WITH options")?;
-                let v = match c.next() {
-                    Token::SingleQuotedString(s) => s,
-                    Token::Number(n, _) => n,
-                    other => return Err(PlanError::Syntax(format!("expected a quoted option value, found {other}"))),
-                };
-                options.insert(k.to_lowercase(), v);
-                if !c.eat(&Token::Comma) {
-                    break;
-                }
-            }
-            c.expect(&Token::RParen, "')' closing WITH")?;
-        }
-    }
+    let options = if c.eat_kw("WITH") { parse_with_options(c)? } else { BTreeMap::new() };
     if !c.at_end() {
         return Err(PlanError::Syntax(format!("unexpected {} after CREATE TABLE", c.peek())));
     }

@@ -54,8 +54,8 @@ pub fn streaming_logical_plan(ctx: &SessionContext, plan: LogicalPlan) -> Result
 /// [`PlanError::DatatypeMismatch`] for a watermark that is not a timestamp.
 pub fn resolve_table(ctx: &SessionContext, mut def: TableDef) -> Result<(TableDef, TableConnector)> {
     let connector = parse_table_options(&def.options)?;
-    if let TableConnector::Topic { partitions } = connector {
-        def.partitions = partitions;
+    if let TableConnector::Topic { partitions, .. } = &connector {
+        def.partitions = *partitions;
     }
     if def.has_computed_columns() {
         let physical = def.physical_schema()?;

@@ -5,13 +5,17 @@
 //! Sluice's statements, with Flink SQL's syntax where Flink has one:
 //! `CREATE TABLE` (see [`crate::ddl`]), `SHOW TABLES`, `SHOW JOBS`, `STOP JOB '<id>'`,
 //! `DESCRIBE t` / `DESC t`, `SHOW CREATE TABLE t`, `DROP TABLE [IF EXISTS] t`, `EXPLAIN <stmt>`,
-//! and RisingWave's `FLUSH`.
+//! and RisingWave's `FLUSH`; for connectors, ksqlDB's `CREATE SOURCE CONNECTOR` / `CREATE SINK
+//! CONNECTOR [IF NOT EXISTS] name WITH (...)`, `SHOW CONNECTORS` (or `LIST CONNECTORS`),
+//! `DESCRIBE CONNECTOR name` and `DROP CONNECTOR [IF EXISTS] name`.
+
+use std::collections::BTreeMap;
 
 use sqlparser::ast::Statement;
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 
-use crate::ddl::{parse_create_table, CreateTable};
+use crate::ddl::{parse_create_table, parse_with_options, CreateTable};
 use crate::error::{PlanError, Result};
 use crate::rewrite::rewrite_window_tvfs;
 use crate::tokens::Cursor;
@@ -40,6 +44,28 @@ pub enum SluiceStatement {
         /// `IF EXISTS` was given.
         if_exists: bool,
     },
+    /// `CREATE SOURCE|SINK CONNECTOR [IF NOT EXISTS] name WITH (...)`.
+    CreateConnector {
+        /// True for `SOURCE`, false for `SINK`.
+        source: bool,
+        /// Connector name.
+        name: String,
+        /// `IF NOT EXISTS` was given.
+        if_not_exists: bool,
+        /// The options (keys lower-cased).
+        options: BTreeMap<String, String>,
+    },
+    /// `SHOW CONNECTORS` / `LIST CONNECTORS`.
+    ShowConnectors,
+    /// `DESCRIBE CONNECTOR name`.
+    DescribeConnector(String),
+    /// `DROP CONNECTOR [IF EXISTS] name`.
+    DropConnector {
+        /// Connector name.
+        name: String,
+        /// `IF EXISTS` was given.
+        if_exists: bool,
+    },
     /// `EXPLAIN <statement>`: the inner statement's text.
     Explain(String),
     /// Any other statement, parsed by sqlparser (window TVFs already rewritten).
@@ -53,6 +79,29 @@ pub fn parse_statement(sql: &str) -> Result<SluiceStatement> {
     let mut c = Cursor::new(sql)?;
     if c.eat_kws(&["CREATE", "TABLE"]) {
         return Ok(SluiceStatement::CreateTable(parse_create_table(&mut c, sql)?));
+    }
+    for (kw, source) in [("SOURCE", true), ("SINK", false)] {
+        if c.eat_kws(&["CREATE", kw, "CONNECTOR"]) {
+            let if_not_exists = c.eat_kws(&["IF", "NOT", "EXISTS"]);
+            let name = c.object_name()?;
+            if !c.eat_kw("WITH") {
+                return Err(PlanError::Syntax("CREATE CONNECTOR needs WITH ('key' = 'value', ...)".into()));
+            }
+            let options = parse_with_options(&mut c)?;
+            return end(&c, SluiceStatement::CreateConnector { source, name, if_not_exists, options });
+        }
+    }
+    if c.eat_kws(&["SHOW", "CONNECTORS"]) || c.eat_kws(&["LIST", "CONNECTORS"]) {
+        return end(&c, SluiceStatement::ShowConnectors);
+    }
+    if c.eat_kws(&["DESCRIBE", "CONNECTOR"]) {
+        let name = c.object_name()?;
+        return end(&c, SluiceStatement::DescribeConnector(name));
+    }
+    if c.eat_kws(&["DROP", "CONNECTOR"]) {
+        let if_exists = c.eat_kws(&["IF", "EXISTS"]);
+        let name = c.object_name()?;
+        return end(&c, SluiceStatement::DropConnector { name, if_exists });
     }
     if c.eat_kws(&["SHOW", "TABLES"]) {
         return end(&c, SluiceStatement::ShowTables);

@@ -23,6 +23,10 @@ pub struct Cli {
     /// Log filter, as tracing's EnvFilter [default: info; env SLUICE_LOG or RUST_LOG]
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
+    /// Kafka cluster for connectors: the default 'properties.bootstrap.servers' of Kafka tables
+    /// [env SLUICE_KAFKA_BOOTSTRAP]
+    #[arg(long, value_name = "HOST:PORT[,...]")]
+    pub kafka_bootstrap: Option<String>,
     /// Configuration file [default: ./sluice.toml when present]
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
@@ -37,6 +41,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Log filter.
     pub log: String,
+    /// Kafka bootstrap servers used by Kafka tables that do not name their own.
+    #[serde(default)]
+    pub kafka_bootstrap: Option<String>,
 }
 
 impl Default for Config {
@@ -45,6 +52,7 @@ impl Default for Config {
             listen: "127.0.0.1:4488".parse().expect("valid address"),
             data_dir: PathBuf::from("sluice-data"),
             log: "info".into(),
+            kafka_bootstrap: None,
         }
     }
 }
@@ -69,6 +77,9 @@ impl Config {
         if let Some(l) = &cli.log {
             fig = fig.merge(Serialized::default("log", l));
         }
+        if let Some(k) = &cli.kafka_bootstrap {
+            fig = fig.merge(Serialized::default("kafka_bootstrap", k));
+        }
         fig.extract()
     }
 }
@@ -82,13 +93,15 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("sluice.toml", "listen = \"127.0.0.1:5000\"\ndata_dir = \"from-file\"\nlog = \"debug\"")?;
             jail.set_env("SLUICE_DATA_DIR", "from-env");
-            let cli = Cli { listen: None, data_dir: None, log: None, config: None };
+            let cli = Cli { listen: None, data_dir: None, log: None, kafka_bootstrap: None, config: None };
             let c = Config::load(&cli).expect("loads");
             assert_eq!(c.listen.port(), 5000);
             assert_eq!(c.data_dir, PathBuf::from("from-env"));
             assert_eq!(c.log, "debug");
-            let cli = Cli { listen: Some("127.0.0.1:6000".parse().unwrap()), data_dir: None, log: None, config: None };
-            assert_eq!(Config::load(&cli).expect("loads").listen.port(), 6000);
+            let cli = Cli { listen: Some("127.0.0.1:6000".parse().unwrap()), data_dir: None, log: None, kafka_bootstrap: Some("k:9092".into()), config: None };
+            let c = Config::load(&cli).expect("loads");
+            assert_eq!(c.listen.port(), 6000);
+            assert_eq!(c.kafka_bootstrap.as_deref(), Some("k:9092"));
             Ok(())
         });
     }

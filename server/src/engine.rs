@@ -12,8 +12,11 @@ use datafusion::common::{DFSchema, ParamValues, TableReference};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
-use sluice_catalog::{ChangeBatch, JobDef, JobState, Op, Store, TableDef};
-use sluice_connectors::options::TableConnector;
+use sluice_catalog::store::CF_META;
+use sluice_catalog::{ChangeBatch, ConnectorDef, JobDef, JobState, Op, Store, TableDef};
+use sluice_connectors::format::dead_letter_schema;
+use sluice_connectors::kafka::ErrorMode;
+use sluice_connectors::options::{External, TableConnector};
 use sluice_connectors::{EmbeddedLog, TopicLog};
 use sluice_executor::job::partition_batches;
 use sluice_executor::{JobRuntime, MaterializedTable};
@@ -24,6 +27,7 @@ use sqlparser::ast::{
     Statement, TableFactor, TableObject,
 };
 
+use crate::connect::{dead_letter_table, ConnectorRuntime};
 use crate::copy::CopyFormat;
 use crate::errors::{SqlError, SqlResult};
 use crate::provider::{LogHandle, SluiceTable, TableEntry};
@@ -65,14 +69,20 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The engine behind every session.
 pub struct Engine {
-    store: Store,
-    log: Arc<dyn TopicLog>,
+    pub(crate) store: Store,
+    pub(crate) log: Arc<dyn TopicLog>,
     runtime: Arc<JobRuntime>,
     ctx: SessionContext,
-    tables: RwLock<BTreeMap<String, Arc<TableEntry>>>,
-    jobs: RwLock<BTreeMap<String, JobDef>>,
+    pub(crate) tables: RwLock<BTreeMap<String, Arc<TableEntry>>>,
+    pub(crate) jobs: RwLock<BTreeMap<String, JobDef>>,
+    /// Connectors created with `CREATE SOURCE|SINK CONNECTOR`.
+    pub(crate) connector_defs: RwLock<BTreeMap<String, ConnectorDef>>,
+    /// The running connector tasks (tables with an outside connector, and connectors).
+    pub(crate) connectors: Arc<ConnectorRuntime>,
+    /// `--kafka-bootstrap`: the default bootstrap servers of Kafka tables.
+    pub(crate) kafka_bootstrap: Option<String>,
     /// Serializes catalog changes (CREATE / DROP / job start) against each other.
-    ddl: tokio::sync::Mutex<()>,
+    pub(crate) ddl: tokio::sync::Mutex<()>,
     /// Serializes writes per table, so a write's rows stay together.
     writes: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
@@ -108,7 +118,7 @@ fn ident_name(id: &sqlparser::ast::Ident) -> String {
     }
 }
 
-fn text_schema(cols: &[&str]) -> SchemaRef {
+pub(crate) fn text_schema(cols: &[&str]) -> SchemaRef {
     Arc::new(Schema::new(cols.iter().map(|c| Field::new(*c, DataType::Utf8, true)).collect::<Vec<_>>()))
 }
 
@@ -136,6 +146,12 @@ impl Engine {
     /// Opens the data directory: the store, the topic log, the catalog; restarts the jobs that
     /// were running, each from its last checkpoint.
     pub async fn open(data_dir: &Path) -> SqlResult<Arc<Engine>> {
+        Engine::open_with(data_dir, None).await
+    }
+
+    /// [`Engine::open`], with the default Kafka bootstrap servers of Kafka tables; also starts
+    /// the connector tasks of tables and connectors.
+    pub async fn open_with(data_dir: &Path, kafka_bootstrap: Option<String>) -> SqlResult<Arc<Engine>> {
         let store = Store::open(data_dir)?;
         let log: Arc<dyn TopicLog> = Arc::new(EmbeddedLog::open(store.clone())?);
         let runtime = JobRuntime::new(store.clone(), log.clone());
@@ -146,6 +162,9 @@ impl Engine {
             runtime,
             tables: RwLock::new(BTreeMap::new()),
             jobs: RwLock::new(BTreeMap::new()),
+            connector_defs: RwLock::new(BTreeMap::new()),
+            connectors: Arc::new(ConnectorRuntime::default()),
+            kafka_bootstrap,
             ddl: tokio::sync::Mutex::new(()),
             writes: Mutex::new(HashMap::new()),
         });
@@ -172,11 +191,25 @@ impl Engine {
                 }
             }
         }
+        // Connector tasks start once jobs are known: a Kafka table written by a job is a sink.
+        let entries: Vec<Arc<TableEntry>> = engine.tables.read().unwrap().values().cloned().collect();
+        for e in entries {
+            if let Err(err) = engine.start_table_connector(&e.def, &e.connector) {
+                tracing::error!(table = %e.def.name, error = %err.message, "could not start the table's connector");
+            }
+        }
+        for c in store.connectors()? {
+            engine.connector_defs.write().unwrap().insert(c.name.clone(), c.clone());
+            if let Err(err) = engine.start_connector(&c) {
+                tracing::error!(connector = %c.name, error = %err.message, "could not start connector");
+            }
+        }
         Ok(engine)
     }
 
-    /// Stops every job, each committing a last checkpoint.
+    /// Stops every connector task, then every job, each committing a last checkpoint.
     pub fn shutdown(&self) {
+        self.connectors.stop_all();
         self.runtime.stop_all();
     }
 
@@ -208,20 +241,26 @@ impl Engine {
         Ok(entry)
     }
 
-    fn table(&self, name: &str) -> SqlResult<Arc<TableEntry>> {
+    pub(crate) fn table(&self, name: &str) -> SqlResult<Arc<TableEntry>> {
         self.tables.read().unwrap().get(name).cloned().ok_or_else(|| SqlError::unknown_table(name))
     }
 
     /// Runs one statement. `params` are the bound values of `$n` placeholders.
-    pub async fn execute(&self, sql: &str, params: Option<ParamValues>) -> SqlResult<Output> {
+    pub async fn execute(self: &Arc<Self>, sql: &str, params: Option<ParamValues>) -> SqlResult<Output> {
         match parse_statement(sql)? {
             SluiceStatement::CreateTable(ct) => self.create_table(ct.def, ct.if_not_exists).await,
             SluiceStatement::ShowTables => self.show_tables(),
             SluiceStatement::ShowJobs => self.show_jobs(),
             SluiceStatement::ShowCreateTable(n) => {
                 let t = self.table(&n)?;
-                one_row(&["create_table"], vec![t.def.create_sql.clone()])
+                one_row(&["create_table"], vec![sluice_catalog::redact_text(&t.def.create_sql, &t.def.options)])
             }
+            SluiceStatement::CreateConnector { source, name, if_not_exists, options } => {
+                self.create_connector(source, name, if_not_exists, options).await
+            }
+            SluiceStatement::ShowConnectors => self.show_connectors(),
+            SluiceStatement::DescribeConnector(n) => self.describe_connector(&n),
+            SluiceStatement::DropConnector { name, if_exists } => self.drop_connector(&name, if_exists).await,
             SluiceStatement::Describe(n) => self.describe_table(&n),
             SluiceStatement::StopJob(id) => self.stop_job(&id).await,
             SluiceStatement::Flush => {
@@ -237,7 +276,7 @@ impl Engine {
         }
     }
 
-    async fn execute_sql(&self, stmt: Statement, sql: &str, params: Option<ParamValues>) -> SqlResult<Output> {
+    async fn execute_sql(self: &Arc<Self>, stmt: Statement, sql: &str, params: Option<ParamValues>) -> SqlResult<Output> {
         match stmt {
             Statement::Query(_) => {
                 let plan = self.df_plan(stmt, params).await?;
@@ -398,7 +437,7 @@ impl Engine {
         }
     }
 
-    async fn create_table(&self, def: TableDef, if_not_exists: bool) -> SqlResult<Output> {
+    async fn create_table(self: &Arc<Self>, def: TableDef, if_not_exists: bool) -> SqlResult<Output> {
         let _g = self.ddl.lock().await;
         if self.tables.read().unwrap().contains_key(&def.name) {
             if if_not_exists {
@@ -406,19 +445,62 @@ impl Engine {
             }
             return Err(SqlError::new("42P07", format!("table \"{}\" already exists", def.name)));
         }
+        self.create_table_locked(def).await?;
+        Ok(Output::Command { tag: "CREATE TABLE".into(), notice: None })
+    }
+
+    /// Creates a table (the caller holds the DDL lock), with its dead-letter table when its
+    /// connector sends bad messages there, and starts its connector task.
+    pub(crate) async fn create_table_locked(self: &Arc<Self>, def: TableDef) -> SqlResult<()> {
+        if self.tables.read().unwrap().contains_key(&def.name) {
+            return Err(SqlError::new("42P07", format!("table \"{}\" already exists", def.name)));
+        }
         let (def, connector) = resolve_table(&self.ctx, def)?;
-        if let TableConnector::Topic { partitions } = connector {
-            self.log.create_topic(def.topic(), partitions)?;
+        if let TableConnector::Topic { external: Some(ext), .. } = &connector {
+            match ext {
+                External::Kafka(k) => {
+                    k.bootstrap(self.kafka_bootstrap.as_deref())?;
+                    sluice_connectors::format::RecordDecoder::new(k.format.clone(), def.physical_schema()?)?;
+                    if let Some(c) = k.key_columns(&def.primary_key).iter().find(|c| def.column_index(c).is_none()) {
+                        return Err(SqlError::new("42703", format!("key field \"{c}\" is not a column of \"{}\"", def.name)));
+                    }
+                    if k.error_mode == ErrorMode::Log {
+                        let dlq = dead_letter_table(&def.name);
+                        if !self.tables.read().unwrap().contains_key(&dlq) {
+                            let cols: Vec<String> = dead_letter_schema()
+                                .fields()
+                                .iter()
+                                .map(|f| format!("`{}` {}", f.name(), sluice_connectors::cdc::sql_type_of(f.data_type())))
+                                .collect();
+                            let sql = format!("CREATE TABLE `{dlq}` ({})", cols.join(", "));
+                            if let SluiceStatement::CreateTable(ct) = parse_statement(&sql)? {
+                                Box::pin(self.create_table_locked(ct.def)).await?;
+                            }
+                        }
+                    }
+                }
+                External::PostgresCdc(_) if def.primary_key.is_empty() => {
+                    return Err(SqlError::new(
+                        "42P10",
+                        format!("a 'postgres-cdc' table needs a PRIMARY KEY (\"{}\" has none), as in Flink CDC", def.name),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if let TableConnector::Topic { partitions, .. } = &connector {
+            self.log.create_topic(def.topic(), *partitions)?;
         }
         if let Err(e) = self.store.put_table(&def) {
             let _ = self.log.delete_topic(def.topic());
             return Err(e.into());
         }
-        self.register(def, connector)?;
-        Ok(Output::Command { tag: "CREATE TABLE".into(), notice: None })
+        let entry = self.register(def, connector)?;
+        self.start_table_connector(&entry.def, &entry.connector)?;
+        Ok(())
     }
 
-    async fn drop_table(&self, name: &str, if_exists: bool) -> SqlResult<Output> {
+    async fn drop_table(self: &Arc<Self>, name: &str, if_exists: bool) -> SqlResult<Output> {
         let _g = self.ddl.lock().await;
         let Some(entry) = self.tables.read().unwrap().get(name).cloned() else {
             if if_exists {
@@ -440,13 +522,26 @@ impl Engine {
                 ));
             }
         }
+        if let Some(c) = self.connector_defs.read().unwrap().values().find(|c| c.tables.iter().any(|t| t == name)) {
+            return Err(SqlError::new(
+                "2BP01",
+                format!("cannot drop table \"{name}\" because connector \"{}\" uses it; DROP CONNECTOR {} first", c.name, c.name),
+            ));
+        }
+        let rt = self.connectors.clone();
+        let key = name.to_string();
+        tokio::task::spawn_blocking(move || rt.stop_owner(&key)).await.map_err(|e| SqlError::new("XX000", e.to_string()))?;
+        let mut notice = None;
+        if let TableConnector::Topic { external: Some(External::PostgresCdc(o)), .. } = &entry.connector {
+            notice = Some(self.drop_slot(name, o).await);
+        }
         self.ctx.deregister_table(TableReference::bare(name.to_string()))?;
         self.tables.write().unwrap().remove(name);
         self.store.delete_table(name)?;
         if matches!(entry.connector, TableConnector::Topic { .. }) {
             self.log.delete_topic(entry.def.topic())?;
         }
-        Ok(Output::Command { tag: "DROP TABLE".into(), notice: None })
+        Ok(Output::Command { tag: "DROP TABLE".into(), notice })
     }
 
     fn upsert_table(&self, name: &str, what: &str) -> SqlResult<Arc<TableEntry>> {
@@ -485,8 +580,29 @@ impl Engine {
 
     /// Appends change batches to a table's topic; returns the row count.
     fn append(&self, entry: &TableEntry, batches: Vec<ChangeBatch>) -> SqlResult<usize> {
+        if self.is_fed(&entry.def.name) {
+            return Err(SqlError::unsupported(format!(
+                "table \"{}\" is fed by its source connector; write to the outside system instead",
+                entry.def.name
+            )));
+        }
+        self.append_with(entry, batches, &[])
+    }
+
+    /// Appends rows to a table's topic, atomically with `positions` (key, value) pairs written
+    /// to the store's meta family (a source connector's offsets or LSN).
+    ///
+    /// Errors: 23502 for NULL in a NOT NULL column; nothing is written then.
+    pub(crate) fn append_with(&self, entry: &TableEntry, batches: Vec<ChangeBatch>, positions: &[(Vec<u8>, Vec<u8>)]) -> SqlResult<usize> {
         let n: usize = batches.iter().map(|b| b.num_rows()).sum();
         if n == 0 {
+            if !positions.is_empty() {
+                let mut wb = rocksdb::WriteBatch::default();
+                for (k, v) in positions {
+                    wb.put_cf(self.store.cf(CF_META), k, v);
+                }
+                self.store.write(wb)?;
+            }
             return Ok(0);
         }
         let schema = entry.def.physical_schema()?;
@@ -509,7 +625,13 @@ impl Engine {
         let writes = partition_batches(&topic_batches, entry.def.partitions, &key)?;
         let lock = self.writes.lock().unwrap().entry(entry.def.name.clone()).or_default().clone();
         let _g = lock.lock().unwrap();
-        self.log.append(entry.def.topic(), &writes, &mut |_| Ok(()))?;
+        let store = &self.store;
+        self.log.append(entry.def.topic(), &writes, &mut |wb| {
+            for (k, v) in positions {
+                wb.put_cf(store.cf(CF_META), k, v);
+            }
+            Ok(())
+        })?;
         Ok(n)
     }
 
@@ -535,7 +657,7 @@ impl Engine {
         self.append(&entry, vec![ChangeBatch::inserts(data)])
     }
 
-    async fn insert(&self, ins: Insert, sql: &str, params: Option<ParamValues>) -> SqlResult<Output> {
+    async fn insert(self: &Arc<Self>, ins: Insert, sql: &str, params: Option<ParamValues>) -> SqlResult<Output> {
         let TableObject::TableName(tn) = &ins.table else {
             return Err(SqlError::unsupported("INSERT INTO a table function"));
         };
@@ -597,9 +719,10 @@ impl Engine {
         Ok(plan_dataflow(&self.ctx, &Lookup(&tables), &plan, &sink.def, &columns)?)
     }
 
-    async fn create_job(&self, ins: Insert, sql: &str) -> SqlResult<Output> {
+    async fn create_job(self: &Arc<Self>, ins: Insert, sql: &str) -> SqlResult<Output> {
         let _g = self.ddl.lock().await;
         let plan = self.plan_job(&ins).await?;
+        self.prepare_sink(&plan.sink.name)?;
         let id = new_job_id();
         let job = JobDef {
             id: id.clone(),
@@ -611,8 +734,13 @@ impl Engine {
             seq: self.store.next_counter("job")?,
         };
         self.store.put_job(&job)?;
+        let plan_sink = plan.sink.name.clone();
         self.runtime.start(&id, plan)?;
         self.jobs.write().unwrap().insert(id.clone(), job);
+        let sink = self.table(&plan_sink)?;
+        if matches!(&sink.connector, TableConnector::Topic { external: Some(External::Kafka(_)), .. }) {
+            self.start_table_connector(&sink.def, &sink.connector)?;
+        }
         tracing::info!(job = %id, "persistent query started");
         Ok(Output::Command {
             tag: "INSERT 0 0".into(),
@@ -789,7 +917,7 @@ fn quote_ident(s: &str) -> String {
 }
 
 /// Rows made of `cols` in `schema`, as one batch.
-fn rows_output(schema: SchemaRef, cols: Vec<ArrayRef>) -> SqlResult<Output> {
+pub(crate) fn rows_output(schema: SchemaRef, cols: Vec<ArrayRef>) -> SqlResult<Output> {
     Ok(Output::Rows { schema: schema.clone(), batches: vec![RecordBatch::try_new(schema, cols)?] })
 }
 

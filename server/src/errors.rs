@@ -139,6 +139,8 @@ impl From<sluice_connectors::ConnectorError> for SqlError {
         let code = match &e {
             C::InvalidOption(_) => "22023",
             C::UnknownTopic(_) => "42P01",
+            // connection_exception: the outside system is unreachable or refused.
+            C::External(_) => "08000",
             _ => "XX000",
         };
         SqlError { code, message: e.to_string() }

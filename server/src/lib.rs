@@ -1,6 +1,7 @@
 //! The Sluice daemon.
 //!
 //! - [`config`]: layered configuration (defaults, `sluice.toml`, `SLUICE_*`, flags).
+//! - [`connect`]: connector tasks (Kafka, Postgres CDC, MongoDB) and the connector statements.
 //! - [`engine`]: statement dispatch over the catalog, topics, jobs and DataFusion.
 //! - [`provider`]: tables as DataFusion table providers, for batch queries.
 //! - [`handler`]: the pgwire front end (simple and extended protocols, COPY).
@@ -8,6 +9,7 @@
 //! - [`errors`]: the error type and its SQLSTATE codes.
 
 pub mod config;
+pub mod connect;
 pub mod copy;
 pub mod engine;
 pub mod errors;
@@ -27,7 +29,7 @@ use crate::handler::{Handler, Handlers};
 ///
 /// Errors: the data directory cannot be opened, or the address cannot be bound.
 pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let engine = Engine::open(&config.data_dir).await?;
+    let engine = Engine::open_with(&config.data_dir, config.kafka_bootstrap.clone()).await?;
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let handlers = Arc::new(Handlers(Handler::new(engine.clone())));

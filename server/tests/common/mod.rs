@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod services;
+
 use std::path::PathBuf;
 
 use sluice_sqllogictest::ServerProcess;

@@ -1,0 +1,189 @@
+//! Real outside services for the connector tests, each started fresh on a free loopback port
+//! with its own directory, and stopped when dropped: a PostgreSQL with logical decoding
+//! (Debian's package), the Kafka-compatible broker noida-db and the MongoDB-wire server
+//! secantusdb (both from PyPI). `scripts/test` installs them; a test that finds one missing
+//! panics saying so.
+
+#![allow(dead_code)]
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for_port(port: u16, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not listen on port {port}: {}", std::fs::read_to_string(log).unwrap_or_default());
+}
+
+fn fresh_dir(kind: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sluice-svc-{kind}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn require(bin: &str) {
+    if Command::new("sh").arg("-c").arg(format!("command -v {bin}")).stdout(Stdio::null()).status().map(|s| !s.success()).unwrap_or(true) {
+        panic!("'{bin}' is not installed: run `bash scripts/test`, which installs the test services");
+    }
+}
+
+/// A running service.
+pub struct Service {
+    child: Option<Child>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    dir: PathBuf,
+    postgres_bin: Option<PathBuf>,
+}
+
+impl Service {
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the service now (to test a sink that is down).
+    pub fn stop(&mut self) {
+        if let Some(bin) = &self.postgres_bin {
+            let _ = as_postgres(Command::new(bin.join("pg_ctl")).args(["-D"]).arg(&self.dir).args(["-m", "immediate", "stop"]))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The Kafka-compatible broker noida-db (`--only kafka`).
+pub fn kafka(name: &str) -> Service {
+    require("noida-db");
+    let dir = fresh_dir("kafka", name);
+    let port = free_port();
+    let log = dir.join("broker.log");
+    let child = Command::new("noida-db")
+        .args(["start", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--only", "kafka", "--kafka-port", &port.to_string()])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.join("broker.err")).unwrap())
+        .spawn()
+        .expect("noida-db starts");
+    wait_for_port(port, "noida-db", &log);
+    Service { child: Some(child), port, dir, postgres_bin: None }
+}
+
+/// The MongoDB-wire server secantusdb, in memory.
+pub fn mongo(name: &str) -> Service {
+    require("secantusd-py");
+    let dir = fresh_dir("mongo", name);
+    let port = free_port();
+    let log = dir.join("mongo.log");
+    let child = Command::new("secantusd-py")
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--storage-path", ":memory:"])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.join("mongo.err")).unwrap())
+        .spawn()
+        .expect("secantusd-py starts");
+    wait_for_port(port, "secantusdb", &dir.join("mongo.err"));
+    Service { child: Some(child), port, dir, postgres_bin: None }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn as_postgres(cmd: &mut Command) -> &mut Command {
+    if is_root() {
+        let program = cmd.get_program().to_owned();
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program).args(args);
+        *cmd = c;
+    }
+    cmd
+}
+
+/// A private PostgreSQL (Debian's package) with `wal_level = logical`, trust authentication,
+/// user `postgres`, database `postgres`.
+pub fn postgres(name: &str) -> Service {
+    let bin = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .and_then(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).find(|p| p.join("initdb").exists()))
+        .unwrap_or_else(|| panic!("PostgreSQL server binaries not found under /usr/lib/postgresql: run `bash scripts/test`"));
+    let dir = fresh_dir("pg", name);
+    if is_root() {
+        Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status().unwrap();
+    }
+    let data = dir.join("data");
+    let out = as_postgres(Command::new(bin.join("initdb")).args(["-D"]).arg(&data).args(["-U", "postgres", "--auth=trust", "-E", "UTF8"]))
+        .output()
+        .expect("initdb runs");
+    assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+    let port = free_port();
+    let opts = format!(
+        "-c listen_addresses=127.0.0.1 -p {port} -k {} -c wal_level=logical -c max_replication_slots=10 -c max_wal_senders=10 -c fsync=off",
+        dir.display()
+    );
+    let out = as_postgres(Command::new(bin.join("pg_ctl")).args(["-D"]).arg(&data).args(["-w", "-l"]).arg(dir.join("pg.log")).args(["-o", &opts, "start"]))
+        .output()
+        .expect("pg_ctl runs");
+    assert!(out.status.success(), "pg_ctl start: {} {}", String::from_utf8_lossy(&out.stderr), std::fs::read_to_string(dir.join("pg.log")).unwrap_or_default());
+    Service { child: None, port, dir: data, postgres_bin: Some(bin) }
+}
+
+/// A tokio-postgres client of a [`postgres`] service.
+pub async fn pg_client(pg: &Service) -> tokio_postgres::Client {
+    let (client, conn) =
+        tokio_postgres::connect(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", pg.port), tokio_postgres::NoTls)
+            .await
+            .expect("connect to postgres");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// Polls `f` every 100 ms until it returns true or `secs` pass; panics with `what` on timeout.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
