@@ -669,7 +669,8 @@ impl CdcSource {
             Duration::from_secs(10),
             Duration::from_secs(60),
             RetryConfig::default(),
-        );
+        )
+        .with_slot_options(pg_walstream::ReplicationSlotOptions { snapshot: Some("export".into()), ..Default::default() });
         let mut stream = LogicalReplicationStream::new(&o.replication_dsn(), config)
             .await
             .map_err(|e| CdcError::Retry(format!("postgres replication connection: {e}")))?;

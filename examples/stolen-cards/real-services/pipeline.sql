@@ -10,7 +10,7 @@ CREATE SOURCE CONNECTOR customers_cdc WITH (
   'database.hostname' = '127.0.0.1',
   'database.port' = '5433',
   'database.user' = 'postgres',
-  'database.password' = 'postgres',
+  'database.password' = 'demo-secret',
   'database.dbname' = 'postgres',
   'topic.prefix' = 'ORCL',
   'table.include.list' = 'ADMIN.CUSTOMERS',
