@@ -382,3 +382,140 @@ async fn seed_pipeline_on_real_services() {
     assert!(listed.iter().any(|r| r[0].as_deref() == Some("stolen_cards_mongo") && r[3].as_deref() == Some("RUNNING")), "{listed:?}");
     drop(server);
 }
+
+async fn mongo_docs(m: &Service, db: &str, coll: &str) -> Vec<Vec<Option<String>>> {
+    use futures::TryStreamExt;
+    let mongo = mongodb::Client::with_uri_str(format!("mongodb://{}", m.addr())).await.unwrap();
+    let docs: Vec<mongodb::bson::Document> =
+        mongo.database(db).collection(coll).find(mongodb::bson::doc! {}).await.unwrap().try_collect().await.unwrap();
+    let mut out: Vec<Vec<Option<String>>> = docs
+        .iter()
+        .map(|d| {
+            let id = match d.get("_id") {
+                Some(mongodb::bson::Bson::Int64(v)) => v.to_string(),
+                Some(mongodb::bson::Bson::Int32(v)) => v.to_string(),
+                other => format!("{other:?}"),
+            };
+            vec![Some(id), d.get_str("v").ok().map(str::to_string), d.get_i64("n").ok().map(|n| n.to_string())]
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_sink_waits_for_a_server_that_is_down_then_upserts_and_deletes() {
+    let port = services::free_port();
+    let dir = temp_dir("mongo-down");
+    let server = start(&dir);
+    let client = connect(server.port()).await;
+    exec(&client, "CREATE TABLE s (id BIGINT, grp BIGINT, v STRING, PRIMARY KEY (id) NOT ENFORCED)").await;
+    exec(
+        &client,
+        &format!(
+            "CREATE TABLE m (id BIGINT, v STRING, n BIGINT, PRIMARY KEY (id) NOT ENFORCED) WITH ('connector' = 'mongodb', \
+             'uri' = 'mongodb://127.0.0.1:{port}', 'database' = 'd', 'collection' = 'c', 'sink.buffer-flush.max-rows' = '7')"
+        ),
+    )
+    .await;
+    exec(&client, "INSERT INTO m SELECT grp, MAX(v), COUNT(*) FROM s GROUP BY grp").await;
+    let values: Vec<String> = (0..60).map(|i| format!("({i}, {}, 'v{}')", i % 9, i % 13)).collect();
+    exec(&client, &format!("INSERT INTO s VALUES {}", values.join(", "))).await;
+    exec(&client, "FLUSH").await;
+    eventually(30, "the sink to report that MongoDB is down", || async {
+        rows(&client, "DESCRIBE CONNECTOR m").await.iter().any(|r| r[0].as_deref() == Some("state") && r[1].as_deref() == Some("RETRYING"))
+    })
+    .await;
+    // Other work goes on meanwhile.
+    assert_eq!(count(&client, "SELECT count(*) FROM m").await, 9);
+
+    let m = services::mongo_on("down", port);
+    let expected = || async { rows(&client, "SELECT id, v, n FROM m").await };
+    let want = expected().await;
+    eventually(60, "MongoDB to catch up", || async { mongo_docs(&m, "d", "c").await == want }).await;
+
+    // Updates and deletes upstream become replacements and deletions by _id.
+    exec(&client, "UPDATE s SET v = 'zz' WHERE id = 4; DELETE FROM s WHERE grp = 8; DELETE FROM s WHERE id = 0").await;
+    exec(&client, "FLUSH").await;
+    let want = expected().await;
+    assert_eq!(want.len(), 8);
+    eventually(60, "MongoDB to follow updates and deletes", || async { mongo_docs(&m, "d", "c").await == want }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_debezium_json_source_and_upsert_kafka_sink() {
+    let k = services::kafka("dbz");
+    create_topic(&k, "pg.public.items", 1).await;
+    create_topic(&k, "totals", 1).await;
+    let env = |op: &str, before: Option<(i64, &str, i64)>, after: Option<(i64, &str, i64)>| {
+        let img = |r: Option<(i64, &str, i64)>| match r {
+            Some((id, name, qty)) => format!(r#"{{"id": {id}, "name": "{name}", "qty": {qty}}}"#),
+            None => "null".into(),
+        };
+        format!(r#"{{"schema": {{}}, "payload": {{"before": {}, "after": {}, "op": "{op}", "ts_ms": 1}}}}"#, img(before), img(after))
+    };
+    let mut msgs = Vec::new();
+    for i in 1..=20 {
+        msgs.push((i.to_string(), env("r", None, Some((i, "a", i)))));
+    }
+    msgs.push(("3".into(), env("u", Some((3, "a", 3)), Some((3, "b", 30)))));
+    msgs.push(("4".into(), env("d", Some((4, "a", 4)), None)));
+    msgs.push(("5".into(), env("u", None, Some((5, "c", 50)))));
+    produce(&k, "pg.public.items", &msgs).await;
+
+    let dir = temp_dir("kafka-dbz");
+    let _server = start(&dir);
+    let client = connect(_server.port()).await;
+    exec(
+        &client,
+        &format!(
+            "CREATE TABLE items (id BIGINT, name STRING, qty BIGINT, PRIMARY KEY (id) NOT ENFORCED) WITH ('connector' = 'kafka', \
+             'topic' = 'pg.public.items', 'properties.bootstrap.servers' = '{0}', 'scan.startup.mode' = 'earliest-offset', \
+             'format' = 'debezium-json');
+             CREATE TABLE totals (name STRING, total BIGINT, PRIMARY KEY (name) NOT ENFORCED) WITH ('connector' = 'upsert-kafka', \
+             'topic' = 'totals', 'properties.bootstrap.servers' = '{0}', 'key.format' = 'json', 'value.format' = 'json');
+             INSERT INTO totals SELECT name, SUM(qty) FROM items GROUP BY name;",
+            k.addr()
+        ),
+    )
+    .await;
+    eventually(60, "the changelog applied", || async { count(&client, "SELECT count(*) FROM items").await == 19 }).await;
+    assert_eq!(
+        rows(&client, "SELECT id, name, qty FROM items WHERE id IN (3, 4, 5)").await,
+        vec![vec![Some("3".into()), Some("b".into()), Some("30".into())], vec![Some("5".into()), Some("c".into()), Some("50".into())]]
+    );
+    exec(&client, "FLUSH").await;
+    // Folding the upsert topic by key (last value wins, a tombstone deletes) gives the table.
+    let want = rows(&client, "SELECT name, total FROM totals").await;
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", k.addr())
+            .set("group.id", format!("fold-{}", std::process::id()))
+            .set("enable.partition.eof", "true")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset("totals", 0, rdkafka::Offset::Beginning).unwrap();
+        c.assign(&tpl).unwrap();
+        let mut state: BTreeMap<String, Option<String>> = BTreeMap::new();
+        loop {
+            match c.poll(Duration::from_secs(5)) {
+                Some(Ok(m)) => {
+                    let key: serde_json::Value = serde_json::from_slice(m.key().unwrap()).unwrap();
+                    let name = key["name"].as_str().unwrap().to_string();
+                    let total = m.payload().map(|v| serde_json::from_slice::<serde_json::Value>(v).unwrap()["total"].to_string());
+                    state.insert(name, total);
+                }
+                _ => break,
+            }
+        }
+        got = state.into_iter().filter_map(|(k, v)| v.map(|v| vec![Some(k), Some(v)])).collect();
+        got.sort();
+        if got == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(got, want);
+}

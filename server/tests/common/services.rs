@@ -97,9 +97,13 @@ pub fn kafka(name: &str) -> Service {
 
 /// The MongoDB-wire server secantusdb, in memory.
 pub fn mongo(name: &str) -> Service {
+    mongo_on(name, free_port())
+}
+
+/// [`mongo`] on a given port (to start it after a sink began waiting for it).
+pub fn mongo_on(name: &str, port: u16) -> Service {
     require("secantusd-py");
     let dir = fresh_dir("mongo", name);
-    let port = free_port();
     let log = dir.join("mongo.log");
     let child = Command::new("secantusd-py")
         .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--storage-path", ":memory:"])
