@@ -563,6 +563,19 @@ pub struct CdcSource {
     pub routes: Vec<Route>,
 }
 
+/// How long committed changes wait for more before they are appended: a few milliseconds of
+/// latency buy one write (one fsync) for many small transactions.
+const FLUSH_DELAY: Duration = Duration::from_millis(5);
+
+/// Cancels the stream reader when the capture loop ends, however it ends.
+struct CancelOnDrop(CancellationToken);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
 /// Why a capture step failed.
 enum CdcError {
     Retry(String),
@@ -702,7 +715,23 @@ impl CdcSource {
         stream.start(start_lsn).await.map_err(|e| CdcError::Retry(format!("postgres start replication: {e}")))?;
         status.set(TaskState::Running, None);
         backoff.reset();
+        // The stream is read by a task of its own that hands events over a channel: waiting on
+        // the channel with a timeout is cancel-safe, waiting on the stream itself is not.
         let cancel = CancellationToken::new();
+        let feedback = stream.shared_lsn_feedback.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::result::Result<pg_walstream::ChangeEvent, String>>(4096);
+        let reader_cancel = cancel.clone();
+        let reader = tokio::spawn(async move {
+            loop {
+                let r = stream.next_event(&reader_cancel).await;
+                let stop = r.is_err();
+                if tx.send(r.map_err(|e| e.to_string())).await.is_err() || stop {
+                    break;
+                }
+            }
+            let _ = stream.stop().await;
+        });
+        let _guard = CancelOnDrop(cancel.clone());
         let by_name: HashMap<(String, String), usize> =
             self.routes.iter().enumerate().map(|(i, r)| ((r.source.schema.clone(), r.source.name.clone()), i)).collect();
         // Changes of the open transaction, and of committed transactions not yet appended.
@@ -713,14 +742,14 @@ impl CdcSource {
         let mut first_ready: Option<Instant> = None;
         while !status.stopping() {
             let wait = match first_ready {
-                Some(t) => Duration::from_millis(20).saturating_sub(t.elapsed()),
+                Some(t) => FLUSH_DELAY.saturating_sub(t.elapsed()),
                 None => Duration::from_millis(200),
             };
-            let event = match tokio::time::timeout(wait, stream.next_event(&cancel)).await {
+            let event = match tokio::time::timeout(wait, rx.recv()).await {
                 Err(_) => None,
-                Ok(Ok(e)) => Some(e),
-                Ok(Err(e)) => {
-                    let m = e.to_string();
+                Ok(None) => return Err(CdcError::Retry("postgres replication stream ended".into())),
+                Ok(Some(Ok(e))) => Some(e),
+                Ok(Some(Err(m))) => {
                     if m.contains("does not exist") || m.contains("invalidated") {
                         return Err(CdcError::Fatal(format!("replication slot '{}': {m}", o.slot)));
                     }
@@ -758,20 +787,21 @@ impl CdcSource {
                     _ => {}
                 }
             }
-            let due = first_ready.is_some_and(|t| t.elapsed() >= Duration::from_millis(20)) || ready.len() >= 10_000;
+            let due = first_ready.is_some_and(|t| t.elapsed() >= FLUSH_DELAY) || ready.len() >= 10_000;
             if due {
                 self.flush(&mut ready, ready_lsn, &mut positions, status)?;
                 if let Some(ts) = ready_commit_ts {
                     let lag = (chrono::Utc::now() - ts).num_milliseconds().max(0) as u64;
                     status.lag_ms.store(lag, Ordering::Relaxed);
                 }
-                stream.shared_lsn_feedback.update_flushed_lsn(ready_lsn);
-                stream.shared_lsn_feedback.update_applied_lsn(ready_lsn);
+                feedback.update_flushed_lsn(ready_lsn);
+                feedback.update_applied_lsn(ready_lsn);
                 *status.position.lock().unwrap() = pg_walstream::format_lsn(ready_lsn);
                 first_ready = None;
             }
         }
-        let _ = stream.stop().await;
+        cancel.cancel();
+        let _ = reader.await;
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,8 @@ impl Service {
                 .status();
         }
         if let Some(mut c) = self.child.take() {
+            // The Python launchers start the real server as a child: kill the whole group.
+            let _ = Command::new("kill").args(["-9", &format!("-{}", c.id())]).stderr(Stdio::null()).status();
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -83,12 +86,22 @@ pub fn kafka(name: &str) -> Service {
     let dir = fresh_dir("kafka", name);
     let port = free_port();
     let log = dir.join("broker.log");
-    let child = Command::new("noida-db")
+    // The PyPI launcher starts the real binary in a session of its own; start the binary
+    // itself so that stopping the service stops the broker.
+    let binary = Command::new("python3")
+        .args(["-c", "import noida_db, os; print(os.path.join(os.path.dirname(noida_db.__file__), 'noida-db'))"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|p| Path::new(p).exists())
+        .unwrap_or_else(|| "noida-db".to_string());
+    let child = Command::new(binary)
         .args(["start", "--data-dir"])
         .arg(dir.join("data"))
         .args(["--only", "kafka", "--kafka-port", &port.to_string()])
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(std::fs::File::create(dir.join("broker.err")).unwrap())
+        .process_group(0)
         .spawn()
         .expect("noida-db starts");
     wait_for_port(port, "noida-db", &log);
@@ -109,6 +122,7 @@ pub fn mongo_on(name: &str, port: u16) -> Service {
         .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--storage-path", ":memory:"])
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(std::fs::File::create(dir.join("mongo.err")).unwrap())
+        .process_group(0)
         .spawn()
         .expect("secantusd-py starts");
     wait_for_port(port, "secantusdb", &dir.join("mongo.err"));
