@@ -108,6 +108,26 @@ pub struct KafkaOptions {
 }
 
 impl KafkaOptions {
+    /// Options of a sink that mirrors a table's changelog to the Kafka topic of the same name as
+    /// Debezium change events (`debezium-json`, keyed by `key` as JSON), at least once.
+    pub fn debezium_mirror(topic: &str, key: &[String]) -> KafkaOptions {
+        KafkaOptions {
+            topic: topic.to_string(),
+            bootstrap_servers: None,
+            group_id: None,
+            properties: BTreeMap::new(),
+            startup_mode: StartupMode::Earliest,
+            format: Format::DebeziumJson,
+            key_format: (!key.is_empty()).then_some(Format::Json),
+            key_fields: key.to_vec(),
+            value_except_key: false,
+            upsert: false,
+            error_mode: ErrorMode::Fail,
+            delivery: DeliveryGuarantee::AtLeastOnce,
+            transactional_id_prefix: None,
+        }
+    }
+
     /// Parses the options of a Kafka table. Errors: a missing `topic` or format, a bad value.
     pub fn parse(r: &mut OptionReader<'_>) -> Result<KafkaOptions> {
         let upsert = r.get("connector") == Some("upsert-kafka");
@@ -552,6 +572,7 @@ impl KafkaSink {
             let v = target.position(&sink_position_key(&self.table, p)).map_err(|e| Fatal(e.to_string()))?;
             positions.push(v.and_then(|v| decode_u64(&v)).unwrap_or(0));
         }
+        self.ensure_topic(o, local_partitions)?;
         let mut config = o.client_config(&self.bootstrap);
         let exactly_once = o.delivery == DeliveryGuarantee::ExactlyOnce;
         if exactly_once {
@@ -649,6 +670,31 @@ impl KafkaSink {
         }
         if o.delivery != DeliveryGuarantee::None {
             let _ = producer.flush(Duration::from_secs(10));
+        }
+        Ok(())
+    }
+
+    /// Creates the Kafka topic when it does not exist, with as many partitions as the table's.
+    fn ensure_topic(&self, o: &KafkaOptions, partitions: u32) -> std::result::Result<(), TaskError> {
+        let consumer: BaseConsumer = o.client_config(&self.bootstrap).create().map_err(|e| Fatal(format!("kafka: {e}")))?;
+        let md = consumer
+            .fetch_metadata(Some(&o.topic), Duration::from_secs(5))
+            .map_err(|e| Retry(format!("kafka metadata of topic '{}': {e}", o.topic)))?;
+        let exists = md.topics().first().is_some_and(|t| t.error().is_none() && !t.partitions().is_empty());
+        if exists {
+            return Ok(());
+        }
+        let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+            o.client_config(&self.bootstrap).create().map_err(|e| Fatal(format!("kafka: {e}")))?;
+        let topic = rdkafka::admin::NewTopic::new(&o.topic, partitions as i32, rdkafka::admin::TopicReplication::Fixed(1));
+        let results = futures::executor::block_on(admin.create_topics(&[topic], &rdkafka::admin::AdminOptions::new()))
+            .map_err(|e| Retry(format!("kafka create topic '{}': {e}", o.topic)))?;
+        for r in results {
+            if let Err((t, e)) = r {
+                if e != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
+                    return Err(Retry(format!("kafka create topic '{t}': {e}")));
+                }
+            }
         }
         Ok(())
     }

@@ -363,7 +363,6 @@ impl RunningJob {
     /// Reads one round from every source partition; true if anything was read.
     fn poll(&mut self) -> Result<bool> {
         let mut progressed = false;
-        let mut pending_generators = 0;
         for sid in 0..self.sources.len() {
             let parts = self.sources[sid].positions.len();
             for p in 0..parts {
@@ -389,9 +388,6 @@ impl RunningJob {
                     SourceKind::Datagen { opts, total, started, base } => {
                         let by_rate = *base + (started.elapsed().as_secs_f64() * opts.rows_per_second as f64) as u64;
                         let limit = total.map(|t| t.min(by_rate)).unwrap_or(by_rate);
-                        if total.map(|t| pos < t).unwrap_or(false) {
-                            pending_generators += 1;
-                        }
                         if limit > pos {
                             let n = ((limit - pos) as usize).min(READ_ROWS);
                             let batch = opts.generate(&src.schema, pos, n)?;
@@ -419,7 +415,6 @@ impl RunningJob {
                 }
             }
         }
-        self.status.pending_generators.store(pending_generators, Ordering::Relaxed);
         let wms = self.source_watermarks();
         let outs = self.graph.advance_watermarks(&wms)?;
         self.emit(outs)?;
@@ -488,7 +483,15 @@ impl RunningJob {
         Ok(())
     }
 
+    /// Publishes the committed positions, for FLUSH: topic offsets, and how many bounded
+    /// generators have not yet committed their last row.
     fn publish_positions(&self) {
+        let generators = self
+            .sources
+            .iter()
+            .filter(|s| matches!(&s.kind, SourceKind::Datagen { total: Some(t), .. } if s.positions[0] < *t))
+            .count() as u64;
+        self.status.pending_generators.store(generators, Ordering::Relaxed);
         let mut c = self.status.committed.lock().unwrap();
         for s in &self.sources {
             if let SourceKind::Topic { topic } = &s.kind {

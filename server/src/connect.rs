@@ -18,7 +18,7 @@ use rocksdb::WriteBatch;
 use sluice_catalog::store::CF_META;
 use sluice_catalog::{ChangeBatch, ConnectorDef, JobState, TableDef};
 use sluice_connectors::cdc::{discover, slot_created_key, sql_type_of, CdcSource, PostgresCdcOptions, Route};
-use sluice_connectors::kafka::{ErrorMode, KafkaSink, KafkaSource};
+use sluice_connectors::kafka::{ErrorMode, KafkaOptions, KafkaSink, KafkaSource};
 use sluice_connectors::mongo::{MongoOptions, MongoSink};
 use sluice_connectors::options::{External, OptionReader, TableConnector};
 use sluice_connectors::task::{Backoff, IngestTarget, TaskState, TaskStatus};
@@ -242,6 +242,23 @@ impl Engine {
                 self.connectors.spawn(def.name.clone(), &def.name, "source", POSTGRES_CONNECTOR, &def.tables.join(", "), move |s| {
                     capture(name, o, transforms, CaptureTarget::Tables(targets), s)
                 });
+                // With a Kafka cluster configured, the change events also go to Kafka topics
+                // named as Debezium names them, in Debezium's envelope.
+                if let Some(bootstrap) = &self.kafka_bootstrap {
+                    for t in &def.tables {
+                        let entry = self.table(t)?;
+                        let sink = KafkaSink {
+                            table: t.clone(),
+                            options: KafkaOptions::debezium_mirror(t, &entry.def.primary_key),
+                            bootstrap: bootstrap.clone(),
+                            primary_key: entry.def.primary_key.clone(),
+                        };
+                        let (log, target) = (self.log.clone(), self.ingest(t, None));
+                        self.connectors.spawn(format!("{}/{t}/kafka", def.name), &def.name, "source", POSTGRES_CONNECTOR, t, move |s| {
+                            sink.run(log, target, s)
+                        });
+                    }
+                }
             }
             MONGO_SINK_CONNECTOR => {
                 let (m, topics) = MongoOptions::parse_kafka_connect(&mut r).map_err(SqlError::from)?;

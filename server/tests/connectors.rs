@@ -299,7 +299,12 @@ async fn seed_pipeline_on_real_services() {
     pg.batch_execute(r#"UPDATE "ADMIN"."CUSTOMERS" SET avg_credit_spend = 1e9 WHERE id = 5"#).await.unwrap();
 
     let dir = temp_dir("seed-real");
-    let server = start(&dir);
+    let server = sluice_sqllogictest::ServerProcess::start_with_args(
+        std::path::Path::new(env!("CARGO_BIN_EXE_sluice")),
+        &dir,
+        &["--kafka-bootstrap", &k.addr()],
+    )
+    .expect("sluice starts");
     let client = connect(server.port()).await;
     let pipeline = std::fs::read_to_string(root.join("pipeline.sql"))
         .unwrap()
@@ -378,6 +383,21 @@ async fn seed_pipeline_on_real_services() {
     let only_mongo: Vec<_> = got.iter().filter(|r| !expected.contains(r)).collect();
     let only_sluice: Vec<_> = expected.iter().filter(|r| !got.contains(r)).collect();
     assert_eq!(got, expected, "MongoDB {} docs, Sluice {} rows; only in MongoDB {only_mongo:?}; only in Sluice {only_sluice:?}", got.len(), expected.len());
+    // With --kafka-bootstrap, the captured changes are also in Kafka, as Debezium writes them:
+    // topic <prefix>.<schema>.<table>, Debezium's envelope, the email masked.
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = consume_all(&k, "ORCL.ADMIN.CUSTOMERS");
+        if events.iter().any(|e| e.contains("\"avg_credit_spend\":0")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let parsed: Vec<serde_json::Value> = events.iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert!(parsed.len() >= 20, "{events:?}");
+    assert!(parsed.iter().all(|e| ["c", "d"].contains(&e["op"].as_str().unwrap_or(""))), "{events:?}");
+    assert!(parsed.iter().filter_map(|e| e["after"].get("email")).all(|m| m == ""), "{events:?}");
+    assert!(parsed.iter().any(|e| e["after"]["id"] == 5 && e["after"]["avg_credit_spend"] == 0.0), "{events:?}");
     let listed = rows(&client, "SHOW CONNECTORS").await;
     assert!(listed.iter().any(|r| r[0].as_deref() == Some("stolen_cards_mongo") && r[3].as_deref() == Some("RUNNING")), "{listed:?}");
     drop(server);

@@ -60,6 +60,7 @@ pub struct ServerProcess {
     port: u16,
     generation: u64,
     child: Option<Child>,
+    extra_args: Vec<String>,
 }
 
 /// The daemon shared by every connection of one test file (and by `RESTART`).
@@ -85,6 +86,27 @@ impl ServerProcess {
             port: 0,
             generation: 0,
             child: None,
+            extra_args: Vec::new(),
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// Like [`ServerProcess::start`], with more command-line flags for the daemon (kept across
+    /// restarts), e.g. `--kafka-bootstrap 127.0.0.1:9092`.
+    pub fn start_with_args(bin: &Path, data_dir: &Path, args: &[&str]) -> Result<Self, String> {
+        let label = data_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "sluice".to_string());
+        let mut server = ServerProcess {
+            bin: bin.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            label,
+            port: 0,
+            generation: 0,
+            child: None,
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn()?;
         Ok(server)
@@ -193,6 +215,7 @@ impl ServerProcess {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
