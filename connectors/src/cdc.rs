@@ -662,15 +662,18 @@ impl CdcSource {
                 }
                 _ => {}
             }
-        } else if slot_row.is_some() {
-            // No position yet: a snapshot did not finish. Drop the slot if Sluice made it.
+        }
+        // A slot that exists before the first start and was not made by this connector (a DBA
+        // created it) is used as it is: the snapshot is then read at a fresh REPEATABLE READ
+        // snapshot, not at the slot's point, and changes from the slot's position on are
+        // applied after it; on a keyed table replaying them converges to the same rows.
+        let mut preexisting = false;
+        if !resumed && slot_row.is_some() {
             if target0.position(&slot_created_key(&self.name))?.is_some() {
+                // Sluice made it, but its snapshot did not finish: start over.
                 client.execute("SELECT pg_drop_replication_slot($1)", &[&o.slot]).await.map_err(pg)?;
             } else {
-                return Err(CdcError::Fatal(format!(
-                    "replication slot '{}' already exists and was not created by this connector; choose another 'slot.name'",
-                    o.slot
-                )));
+                preexisting = true;
             }
         }
         let config = ReplicationStreamConfig::new(
@@ -690,8 +693,18 @@ impl CdcSource {
         let start_lsn = if resumed {
             positions.iter().flatten().min().copied()
         } else {
-            stream.ensure_replication_slot().await.map_err(|e| CdcError::Retry(format!("postgres: {e}")))?;
-            target0.put_position(&slot_created_key(&self.name), b"1")?;
+            let exported = if preexisting {
+                None
+            } else {
+                stream.ensure_replication_slot().await.map_err(|e| CdcError::Retry(format!("postgres: {e}")))?;
+                target0.put_position(&slot_created_key(&self.name), b"1")?;
+                Some(
+                    stream
+                        .exported_snapshot_name()
+                        .ok_or_else(|| CdcError::Fatal("postgres did not export a snapshot for the new slot".into()))?
+                        .to_string(),
+                )
+            };
             let lsn_text: String = client
                 .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&o.slot])
                 .await
@@ -699,11 +712,7 @@ impl CdcSource {
                 .get(0);
             let lsn = pg_walstream::parse_lsn(&lsn_text).map_err(|e| CdcError::Fatal(e.to_string()))?;
             if o.snapshot {
-                let name = stream
-                    .exported_snapshot_name()
-                    .ok_or_else(|| CdcError::Fatal("postgres did not export a snapshot for the new slot".into()))?
-                    .to_string();
-                self.snapshot(&name, lsn, status).await?;
+                self.snapshot(exported.as_deref(), lsn, status).await?;
             } else {
                 for r in &self.routes {
                     r.target.append(Vec::new(), None, vec![(r.position_key.clone(), lsn.to_be_bytes().to_vec())])?;
@@ -864,16 +873,19 @@ impl CdcSource {
         Ok(())
     }
 
-    /// Reads every captured table at the exported snapshot and appends the rows as inserts; the
+    /// Reads every captured table at the exported snapshot (or, for a slot made by someone else,
+    /// at a snapshot of its own) and appends the rows as inserts; the
     /// last append of each route stores `lsn` as its position.
-    async fn snapshot(&self, snapshot: &str, lsn: u64, status: &TaskStatus) -> std::result::Result<(), CdcError> {
+    async fn snapshot(&self, snapshot: Option<&str>, lsn: u64, status: &TaskStatus) -> std::result::Result<(), CdcError> {
         let client = self.options.connect().await?;
         let pg = |e: tokio_postgres::Error| CdcError::Retry(format!("postgres snapshot: {e}"));
         client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(pg)?;
-        client
-            .batch_execute(&format!("SET TRANSACTION SNAPSHOT '{}'", snapshot.replace('\'', "''")))
-            .await
-            .map_err(pg)?;
+        if let Some(snapshot) = snapshot {
+            client
+                .batch_execute(&format!("SET TRANSACTION SNAPSHOT '{}'", snapshot.replace('\'', "''")))
+                .await
+                .map_err(pg)?;
+        }
         client.batch_execute("SET LOCAL TIME ZONE 'UTC'").await.map_err(pg)?;
         for r in &self.routes {
             let cols: Vec<String> = r.source.columns.iter().map(|c| quote_ident(&c.name)).collect();

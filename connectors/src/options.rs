@@ -200,3 +200,30 @@ pub fn parse_table_options(options: &BTreeMap<String, String>) -> Result<TableCo
 pub(crate) fn unknown(key: &str, what: &str) -> ConnectorError {
     ConnectorError::InvalidOption(format!("unknown option '{key}' for {what}"))
 }
+
+/// `sql` with the values of secret options hidden, for logs: a `'...password...'`,
+/// `'...secret...'` or `'...jaas...'` key's value becomes `***`, and so does the user-info part of
+/// a URI (`mongodb://user:pw@host` becomes `mongodb://***@host`).
+pub fn redact_sql(sql: &str) -> String {
+    use std::sync::OnceLock;
+    static SECRET: OnceLock<regex::Regex> = OnceLock::new();
+    static URI: OnceLock<regex::Regex> = OnceLock::new();
+    let secret = SECRET.get_or_init(|| {
+        regex::Regex::new(r"(?i)('[^']*(?:password|secret|jaas)[^']*'\s*=\s*)'(?:[^']|'')*'").expect("valid regex")
+    });
+    let uri = URI.get_or_init(|| regex::Regex::new(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^'@/\s]*@").expect("valid regex"));
+    let s = secret.replace_all(sql, "$1'***'");
+    uri.replace_all(&s, "$1***@").into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_are_hidden_in_statement_text() {
+        let sql = "CREATE TABLE t (a INT) WITH ('password' = 'it''s', 'database.password' = 'x', 'uri' = 'mongodb://u:p@h:1', 'port' = '5')";
+        assert_eq!(
+            super::redact_sql(sql),
+            "CREATE TABLE t (a INT) WITH ('password' = '***', 'database.password' = '***', 'uri' = 'mongodb://***@h:1', 'port' = '5')"
+        );
+    }
+}

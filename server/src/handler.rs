@@ -105,7 +105,7 @@ impl SimpleQueryHandler for Handler {
         };
         let mut out = Vec::new();
         for sql in stmts {
-            tracing::debug!(%sql, "simple query");
+            tracing::debug!(sql = %sluice_connectors::options::redact_sql(&sql), "simple query");
             match self.engine.execute(&sql, None).await {
                 Ok(o) => {
                     let copy = matches!(o, Output::CopyIn(_));

