@@ -145,6 +145,11 @@ pub fn dead_letter_table(table: &str) -> String {
     format!("{table}_dlq")
 }
 
+/// Meta key marking a Kafka table as a sink for good.
+fn sink_role_key(table: &str) -> Vec<u8> {
+    format!("kafka-role/{table}").into_bytes()
+}
+
 fn table_key(name: &str) -> String {
     format!("table:{name}")
 }
@@ -176,7 +181,7 @@ impl Engine {
         match external {
             External::Kafka(k) => {
                 let bootstrap = k.bootstrap(self.kafka_bootstrap.as_deref()).map_err(SqlError::from)?;
-                if self.has_writer(&name) {
+                if self.has_writer(&name) || self.store.get_meta(&sink_role_key(&name))?.is_some() {
                     let sink = KafkaSink { table: name.clone(), options: k.clone(), bootstrap, primary_key: pk };
                     let (log, target) = (self.log.clone(), self.ingest(&name, None));
                     self.connectors.spawn(table_key(&name), &name, "sink", "kafka", &name, move |s| sink.run(log, target, s));
@@ -207,23 +212,40 @@ impl Engine {
     /// Called before a persistent query into `table` starts: a Kafka table that was a source
     /// becomes a sink. Errors (0A000): its topic already holds consumed rows.
     pub(crate) fn prepare_sink(&self, table: &str) -> SqlResult<()> {
-        if self.connectors.kind_of(&table_key(table)) != Some("source") {
-            return Ok(());
-        }
         let entry = self.table(table)?;
-        if !matches!(&entry.connector, TableConnector::Topic { external: Some(External::Kafka(_)), .. }) {
-            return Err(SqlError::unsupported(format!(
-                "table \"{table}\" is fed by its source connector; a persistent query cannot write into it"
-            )));
-        }
-        for p in 0..self.log.partitions(table)? {
-            if self.log.end_offset(table, p)? > 0 {
+        let is_kafka = matches!(&entry.connector, TableConnector::Topic { external: Some(External::Kafka(_)), .. });
+        if self.connectors.kind_of(&table_key(table)) == Some("source") {
+            if !is_kafka {
                 return Err(SqlError::unsupported(format!(
-                    "Kafka table \"{table}\" has already consumed rows from its topic, so it is a source; create another table over the topic to write into it"
+                    "table \"{table}\" is fed by its source connector; a persistent query cannot write into it"
                 )));
             }
+            for p in 0..self.log.partitions(table)? {
+                if self.log.end_offset(table, p)? > 0 {
+                    return Err(SqlError::unsupported(format!(
+                        "Kafka table \"{table}\" has already consumed rows from its topic, so it is a source; create another table over the topic to write into it"
+                    )));
+                }
+            }
+            self.connectors.stop(&table_key(table));
         }
-        self.connectors.stop(&table_key(table));
+        if is_kafka {
+            // Once a sink, always a sink: a stopped job must not turn the table back into a
+            // source that would consume its own output.
+            self.store.put_meta(&sink_role_key(table), b"sink")?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the stored positions and flags of a dropped table or connector `name`, so that
+    /// one created again with the same name starts afresh.
+    pub(crate) fn forget_positions(&self, name: &str) -> SqlResult<()> {
+        let mut b = WriteBatch::default();
+        for prefix in ["kafka-source", "kafka-sink", "mongo-sink", "cdc"] {
+            self.store.delete_prefix(&mut b, CF_META, format!("{prefix}/{name}/").as_bytes())?;
+        }
+        b.delete_cf(self.store.cf(CF_META), sink_role_key(name));
+        self.store.write(b)?;
         Ok(())
     }
 
@@ -373,6 +395,7 @@ impl Engine {
             notice = Some(self.drop_slot(name, &o).await);
         }
         self.store.delete_connector(name)?;
+        self.forget_positions(name)?;
         self.connector_defs.write().unwrap().remove(name);
         Ok(Output::Command { tag: "DROP CONNECTOR".into(), notice })
     }

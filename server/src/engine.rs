@@ -535,6 +535,7 @@ impl Engine {
         if let TableConnector::Topic { external: Some(External::PostgresCdc(o)), .. } = &entry.connector {
             notice = Some(self.drop_slot(name, o).await);
         }
+        self.forget_positions(name)?;
         self.ctx.deregister_table(TableReference::bare(name.to_string()))?;
         self.tables.write().unwrap().remove(name);
         self.store.delete_table(name)?;

@@ -164,6 +164,18 @@ async fn kafka_json_pipeline(k: Service, exactly_once: bool, name: &str) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(got, expected);
+
+    // A Kafka table that became a sink stays one after its job stops and the daemon restarts:
+    // it must not turn into a source that consumes its own output.
+    let job = rows(&client, "SELECT job_id FROM sluice_jobs").await[0][0].clone().unwrap();
+    exec(&client, &format!("STOP JOB '{job}'")).await;
+    let before = count(&client, "SELECT count(*) FROM big").await;
+    server.restart(false).expect("restart");
+    let client = connect(server.port()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let listed = rows(&client, "SHOW CONNECTORS").await;
+    assert!(listed.iter().any(|r| r[0].as_deref() == Some("big") && r[1].as_deref() == Some("SINK")), "{listed:?}");
+    assert_eq!(count(&client, "SELECT count(*) FROM big").await, before);
 }
 
 async fn pg_rows(pg: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {

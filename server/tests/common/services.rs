@@ -65,8 +65,15 @@ impl Service {
                 .status();
         }
         if let Some(mut c) = self.child.take() {
-            // The Python launchers start the real server as a child: kill the whole group.
-            let _ = Command::new("kill").args(["-9", &format!("-{}", c.id())]).stderr(Stdio::null()).status();
+            // Each service runs in a process group of its own (`process_group(0)`), so the group
+            // id is the child's pid: kill the group, which holds any process it started.
+            let pgid = c.id() as libc::pid_t;
+            if pgid > 1 {
+                // SAFETY: kill(2) on a process group this test created.
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -157,12 +164,7 @@ pub fn mongo_on(name: &str, port: u16) -> Service {
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc_geteuid() == 0 }
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
+    unsafe { libc::geteuid() == 0 }
 }
 
 fn as_postgres(cmd: &mut Command) -> &mut Command {
