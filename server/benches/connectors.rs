@@ -148,8 +148,21 @@ async fn kafka_bench(bin: &std::path::Path) {
     ))
     .await
     .unwrap();
+    let mut source_done = None;
     while high_watermarks(&k.addr(), "out") < expected {
+        if source_done.is_none() {
+            for m in c.simple_query("DESCRIBE CONNECTOR bid").await.unwrap() {
+                if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                    if r.get(0) == Some("rows") && r.get(1).and_then(|v| v.parse::<u64>().ok()) == Some(n) {
+                        source_done = Some(t.elapsed().as_secs_f64());
+                    }
+                }
+            }
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Some(s) = source_done {
+        println!("kafka: of which the source alone (consume, decode, append to the table's topic): {n} events in {s:.2} s = {:.0} events/s", n as f64 / s);
     }
     let secs = t.elapsed().as_secs_f64();
     println!(
