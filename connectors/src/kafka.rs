@@ -356,7 +356,7 @@ impl KafkaSource {
             let started = Instant::now();
             pending.clear();
             // The clock is read once per 256 messages: reading it per message cost a tenth of the time.
-            while pending.len() < 20_000 && (pending.len() % 256 != 0 || started.elapsed() < Duration::from_millis(100)) {
+            while pending.len() < SOURCE_BATCH_ROWS && (pending.len() % 256 != 0 || started.elapsed() < Duration::from_millis(100)) {
                 match consumer.poll(Duration::from_millis(20)) {
                     None => {
                         if !pending.is_empty() {
@@ -541,6 +541,13 @@ pub struct KafkaSink {
 
 const POSITION_HEADER: &str = "sluice.position";
 
+/// Messages a source decodes and appends as one write (one fsync), at most.
+const SOURCE_BATCH_ROWS: usize = 65_536;
+
+/// Rows a sink reads from one partition of the table's topic per round: one producer flush (or
+/// one transaction) each, so larger rounds wait on the broker less often.
+const SINK_BATCH_ROWS: usize = 100_000;
+
 impl KafkaSink {
     /// Runs until `status.stop` is set, retrying with backoff while Kafka is unreachable.
     pub fn run(self, log: Arc<dyn TopicLog>, target: Arc<dyn IngestTarget>, status: Arc<TaskStatus>) {
@@ -581,7 +588,12 @@ impl KafkaSink {
         } else if o.delivery == DeliveryGuarantee::AtLeastOnce {
             config.set("enable.idempotence", "true");
         }
-        config.set("linger.ms", "5");
+        // Larger producer batches: the broker's per-request cost dominated with small ones.
+        for (k, v) in [("linger.ms", "10"), ("batch.num.messages", "100000"), ("batch.size", "4000000"), ("queue.buffering.max.messages", "1000000")] {
+            if !o.properties.contains_key(k) {
+                config.set(k, v);
+            }
+        }
         let producer: BaseProducer<DeliveryContext> =
             config.create_with_context(DeliveryContext::default()).map_err(|e| Fatal(format!("kafka: {e}")))?;
         if exactly_once {
@@ -603,7 +615,7 @@ impl KafkaSink {
         while !status.stopping() {
             let mut any = false;
             for p in 0..local_partitions {
-                let records = log.read(&self.table, p, positions[p as usize], 20_000).map_err(|e| Fatal(e.to_string()))?;
+                let records = log.read(&self.table, p, positions[p as usize], SINK_BATCH_ROWS).map_err(|e| Fatal(e.to_string()))?;
                 if records.is_empty() {
                     continue;
                 }
