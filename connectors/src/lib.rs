@@ -7,6 +7,7 @@
 //! - [`format`]: message formats (`json`, `debezium-json`, `csv`, `raw`) to and from rows.
 //! - [`task`]: what source and sink tasks share (the ingest target, status, backoff).
 //! - [`kafka`]: Flink's Kafka connector (source and sink) on rdkafka.
+//! - [`kafka_log`]: the Kafka topic backend (`--kafka-bootstrap`), a [`log::TopicLog`] on Kafka.
 //! - [`cdc`]: change data capture from Postgres logical replication (pgoutput).
 //! - [`smt`]: Kafka Connect's single message transforms, applied to captured rows.
 //! - [`mongo`]: the MongoDB sink.
@@ -17,6 +18,7 @@ pub mod datagen;
 pub mod error;
 pub mod format;
 pub mod kafka;
+pub mod kafka_log;
 pub mod log;
 pub mod mongo;
 pub mod options;
@@ -24,4 +26,5 @@ pub mod smt;
 pub mod task;
 
 pub use error::{ConnectorError, Result};
+pub use kafka_log::KafkaLog;
 pub use log::{EmbeddedLog, LogRecord, TopicLog};

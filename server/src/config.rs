@@ -23,10 +23,15 @@ pub struct Cli {
     /// Log filter, as tracing's EnvFilter [default: info; env SLUICE_LOG or RUST_LOG]
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
-    /// Kafka cluster for connectors: the default 'properties.bootstrap.servers' of Kafka tables
-    /// [env SLUICE_KAFKA_BOOTSTRAP]
+    /// Kafka cluster that becomes the topic backend: every table's topic is a Kafka topic named
+    /// <prefix><table>; also the default 'properties.bootstrap.servers' of Kafka tables. Without
+    /// it topics live in the embedded log under the data directory [env SLUICE_KAFKA_BOOTSTRAP]
     #[arg(long, value_name = "HOST:PORT[,...]")]
     pub kafka_bootstrap: Option<String>,
+    /// Prefix of the Kafka topic names of tables, with --kafka-bootstrap [default: sluice.; env
+    /// SLUICE_KAFKA_TOPIC_PREFIX]
+    #[arg(long, value_name = "PREFIX")]
+    pub kafka_topic_prefix: Option<String>,
     /// Configuration file [default: ./sluice.toml when present]
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
@@ -44,6 +49,13 @@ pub struct Config {
     /// Kafka bootstrap servers used by Kafka tables that do not name their own.
     #[serde(default)]
     pub kafka_bootstrap: Option<String>,
+    /// Prefix of the Kafka topic names of tables when Kafka is the topic backend.
+    #[serde(default = "default_topic_prefix")]
+    pub kafka_topic_prefix: String,
+}
+
+fn default_topic_prefix() -> String {
+    sluice_connectors::kafka_log::DEFAULT_TOPIC_PREFIX.to_string()
 }
 
 impl Default for Config {
@@ -53,6 +65,7 @@ impl Default for Config {
             data_dir: PathBuf::from("sluice-data"),
             log: "info".into(),
             kafka_bootstrap: None,
+            kafka_topic_prefix: default_topic_prefix(),
         }
     }
 }
@@ -80,6 +93,9 @@ impl Config {
         if let Some(k) = &cli.kafka_bootstrap {
             fig = fig.merge(Serialized::default("kafka_bootstrap", k));
         }
+        if let Some(p) = &cli.kafka_topic_prefix {
+            fig = fig.merge(Serialized::default("kafka_topic_prefix", p));
+        }
         fig.extract()
     }
 }
@@ -93,15 +109,16 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("sluice.toml", "listen = \"127.0.0.1:5000\"\ndata_dir = \"from-file\"\nlog = \"debug\"")?;
             jail.set_env("SLUICE_DATA_DIR", "from-env");
-            let cli = Cli { listen: None, data_dir: None, log: None, kafka_bootstrap: None, config: None };
+            let cli = Cli { listen: None, data_dir: None, log: None, kafka_bootstrap: None, kafka_topic_prefix: None, config: None };
             let c = Config::load(&cli).expect("loads");
             assert_eq!(c.listen.port(), 5000);
             assert_eq!(c.data_dir, PathBuf::from("from-env"));
             assert_eq!(c.log, "debug");
-            let cli = Cli { listen: Some("127.0.0.1:6000".parse().unwrap()), data_dir: None, log: None, kafka_bootstrap: Some("k:9092".into()), config: None };
+            let cli = Cli { listen: Some("127.0.0.1:6000".parse().unwrap()), data_dir: None, log: None, kafka_bootstrap: Some("k:9092".into()), kafka_topic_prefix: None, config: None };
             let c = Config::load(&cli).expect("loads");
             assert_eq!(c.listen.port(), 6000);
             assert_eq!(c.kafka_bootstrap.as_deref(), Some("k:9092"));
+            assert_eq!(c.kafka_topic_prefix, "sluice.");
             Ok(())
         });
     }

@@ -17,7 +17,10 @@ use sluice_catalog::{ChangeBatch, ConnectorDef, JobDef, JobState, Op, Store, Tab
 use sluice_connectors::format::dead_letter_schema;
 use sluice_connectors::kafka::ErrorMode;
 use sluice_connectors::options::{External, TableConnector};
-use sluice_connectors::{EmbeddedLog, TopicLog};
+use sluice_connectors::{EmbeddedLog, KafkaLog, TopicLog};
+
+/// Meta key naming the topic backend a data directory was made with (`embedded` or `kafka`).
+const BACKEND_KEY: &[u8] = b"topic-backend";
 use sluice_executor::job::partition_batches;
 use sluice_executor::{JobRuntime, MaterializedTable};
 use sluice_planner::stream::{plan_dataflow, TableLookup};
@@ -146,14 +149,49 @@ impl Engine {
     /// Opens the data directory: the store, the topic log, the catalog; restarts the jobs that
     /// were running, each from its last checkpoint.
     pub async fn open(data_dir: &Path) -> SqlResult<Arc<Engine>> {
-        Engine::open_with(data_dir, None).await
+        Engine::open_with(data_dir, None, sluice_connectors::kafka_log::DEFAULT_TOPIC_PREFIX).await
     }
 
-    /// [`Engine::open`], with the default Kafka bootstrap servers of Kafka tables; also starts
-    /// the connector tasks of tables and connectors.
-    pub async fn open_with(data_dir: &Path, kafka_bootstrap: Option<String>) -> SqlResult<Arc<Engine>> {
+    /// [`Engine::open`] with a Kafka cluster: when `kafka_bootstrap` is given, every table's
+    /// topic is the Kafka topic `<topic_prefix><table>` ([`KafkaLog`]) and the cluster is the
+    /// default one of Kafka tables. Also starts the connector tasks of tables and connectors.
+    ///
+    /// Errors: a data directory made with the other topic backend (its topics would be missing),
+    /// or Kafka not reachable.
+    pub async fn open_with(data_dir: &Path, kafka_bootstrap: Option<String>, topic_prefix: &str) -> SqlResult<Arc<Engine>> {
         let store = Store::open(data_dir)?;
-        let log: Arc<dyn TopicLog> = Arc::new(EmbeddedLog::open(store.clone())?);
+        let backend = if kafka_bootstrap.is_some() { "kafka" } else { "embedded" };
+        match store.get_meta(BACKEND_KEY)? {
+            Some(v) if v != backend.as_bytes() => {
+                return Err(SqlError::new(
+                    "55000",
+                    format!(
+                        "data directory {} keeps its topics in the {} backend; start {} --kafka-bootstrap, or use another --data-dir",
+                        data_dir.display(),
+                        String::from_utf8_lossy(&v),
+                        if backend == "kafka" { "without" } else { "with" }
+                    ),
+                ))
+            }
+            Some(_) => {}
+            None if backend == "kafka" && !store.tables()?.is_empty() => {
+                return Err(SqlError::new(
+                    "55000",
+                    format!("data directory {} keeps its topics in the embedded log; start without --kafka-bootstrap, or use another --data-dir", data_dir.display()),
+                ))
+            }
+            None => store.put_meta(BACKEND_KEY, backend.as_bytes())?,
+        }
+        let log: Arc<dyn TopicLog> = match &kafka_bootstrap {
+            Some(bootstrap) => {
+                let (store, bootstrap, prefix) = (store.clone(), bootstrap.clone(), topic_prefix.to_string());
+                let log = tokio::task::spawn_blocking(move || KafkaLog::open(store, &bootstrap, &prefix))
+                    .await
+                    .map_err(|e| SqlError::new("XX000", e.to_string()))??;
+                Arc::new(log)
+            }
+            None => Arc::new(EmbeddedLog::open(store.clone())?),
+        };
         let runtime = JobRuntime::new(store.clone(), log.clone());
         let engine = Arc::new(Engine {
             ctx: sluice_planner::session_context(),

@@ -29,11 +29,15 @@ use crate::handler::{Handler, Handlers};
 ///
 /// Errors: the data directory cannot be opened, or the address cannot be bound.
 pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let engine = Engine::open_with(&config.data_dir, config.kafka_bootstrap.clone()).await?;
+    let engine = Engine::open_with(&config.data_dir, config.kafka_bootstrap.clone(), &config.kafka_topic_prefix).await?;
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let handlers = Arc::new(Handlers(Handler::new(engine.clone())));
-    println!("sluice listening on {addr} (data directory {})", config.data_dir.display());
+    let topics = match &config.kafka_bootstrap {
+        Some(k) => format!("topics on Kafka {k} as {}<table>", config.kafka_topic_prefix),
+        None => "topics in the embedded log".to_string(),
+    };
+    println!("sluice listening on {addr} (data directory {}, {topics})", config.data_dir.display());
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "accepting connections");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
