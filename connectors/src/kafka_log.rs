@@ -316,23 +316,34 @@ impl KafkaLog {
     fn try_ship(&self, topic: &KafkaTopic, pending: &[Pending], check: bool) -> Result<()> {
         let producer = self.producer();
         let ack = Arc::new(Ack::default());
-        for p in pending {
-            let n = p.batch.num_rows() as u64;
-            let skip = if check {
+        // With `check`: each partition's high watermark, read before anything is produced, says
+        // how much of the append (records in offset order) already arrived.
+        let mut highs: HashMap<u32, u64> = HashMap::new();
+        if check {
+            for p in pending {
+                if highs.contains_key(&p.partition) {
+                    continue;
+                }
                 let (_, high) = producer
                     .client()
                     .fetch_watermarks(&topic.kafka, p.partition as i32, ADMIN_TIMEOUT)
                     .map_err(|e| kafka_err("watermarks", e))?;
                 let high = high.max(0) as u64;
-                if high < p.start {
+                let first = pending.iter().filter(|q| q.partition == p.partition).map(|q| q.start).min().unwrap_or(0);
+                if high < first {
                     return Err(ConnectorError::Write(format!(
-                        "Kafka topic '{}' partition {} ends at offset {high}, before the {} acknowledged rows Sluice wrote up to offset {}; it was deleted or truncated outside Sluice",
-                        topic.kafka, p.partition, p.start, p.start
+                        "Kafka topic '{}' partition {} ends at offset {high}, before offset {first} up to which Sluice had its rows acknowledged; it was deleted or truncated outside Sluice",
+                        topic.kafka, p.partition
                     )));
                 }
-                (high - p.start).min(n)
-            } else {
-                0
+                highs.insert(p.partition, high);
+            }
+        }
+        for p in pending {
+            let n = p.batch.num_rows() as u64;
+            let skip = match highs.get(&p.partition) {
+                Some(high) => high.saturating_sub(p.start).min(n),
+                None => 0,
             };
             if skip == n {
                 continue;

@@ -683,27 +683,36 @@ async fn kafka_topic_backend_survives_sigkill() {
     exec(&client, "UPDATE customers SET name = 'renamed' WHERE id = 3").await;
     exec(&client, "DELETE FROM customers WHERE id = 4").await;
 
-    // SIGKILL while writes and the job are in flight; then more writes after the restart.
-    let writer = {
-        let port = server.port();
-        tokio::spawn(async move {
-            let c = connect(port).await;
-            for round in 6..40 {
-                if c.batch_execute(&format!("INSERT INTO tx VALUES {}", tx_batch(round))).await.is_err() {
-                    return round;
+    // SIGKILL while writes and the job are in flight, several times at different moments (an
+    // append cut between its write-ahead entry and Kafka's acknowledgement is finished at the
+    // next start); then more writes after the last restart.
+    let mut acknowledged_rounds = 6;
+    for cycle in 0..4usize {
+        let writer = {
+            let port = server.port();
+            tokio::spawn(async move {
+                let c = connect(port).await;
+                let mut done = 0;
+                for round in 0..40 {
+                    if c.batch_execute(&format!("INSERT INTO tx VALUES {}", tx_batch(100 + cycle * 40 + round))).await.is_err() {
+                        break;
+                    }
+                    done += 1;
                 }
-            }
-            40
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    server.kill();
-    let stopped_at = writer.await.unwrap();
-    server.restart(false).expect("restart");
+                done
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(150 + 110 * cycle as u64)).await;
+        server.kill();
+        acknowledged_rounds += writer.await.unwrap();
+        server.restart(false).expect("restart");
+        let client = connect(server.port()).await;
+        let n = count(&client, "SELECT count(*) FROM tx").await as usize;
+        // Every INSERT that returned is there; the one cut off may or may not be, but never in part.
+        assert!(n >= acknowledged_rounds * 500 && n % 500 == 0, "{n} rows after {acknowledged_rounds} acknowledged INSERTs");
+        acknowledged_rounds = n / 500;
+    }
     let client = connect(server.port()).await;
-    let acknowledged = count(&client, "SELECT count(*) FROM tx").await;
-    // Every INSERT that returned is there; the one cut off may or may not be, but never in part.
-    assert!(acknowledged as usize >= stopped_at * 500 && acknowledged % 500 == 0, "{acknowledged} rows after {stopped_at} rounds");
     exec(&client, &format!("INSERT INTO tx VALUES {}", tx_batch(99))).await;
     exec(&client, "UPDATE customers SET name = 'again' WHERE id = 3").await;
     exec(&client, "FLUSH").await;
