@@ -631,8 +631,12 @@ impl KafkaSink {
                     let messages = self.encode(&change, &key_columns)?;
                     let pos = format!("{p}:{end}");
                     for (key, value) in &messages {
-                        let headers = OwnedHeaders::new().insert(Header { key: POSITION_HEADER, value: Some(pos.as_bytes()) });
-                        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&o.topic).headers(headers);
+                        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&o.topic);
+                        if exactly_once {
+                            // Only exactly-once recovery reads the header; without it messages
+                            // are smaller and cost no allocation each.
+                            rec = rec.headers(OwnedHeaders::new().insert(Header { key: POSITION_HEADER, value: Some(pos.as_bytes()) }));
+                        }
                         if let Some(k) = key {
                             rec = rec.key(k.as_slice());
                         }
