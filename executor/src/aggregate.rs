@@ -156,15 +156,65 @@ enum AggOut {
 }
 
 /// How one aggregate reads its argument.
-struct AggSpec {
-    kind: AggKind,
-    arg: Option<ExprRef>,
+pub(crate) struct AggSpec {
+    pub(crate) kind: AggKind,
+    pub(crate) arg: Option<ExprRef>,
     /// The type the argument is cast to before accumulating.
-    acc_type: Option<DataType>,
+    pub(crate) acc_type: Option<DataType>,
     /// The output type (from the plan's schema).
-    out_type: DataType,
+    pub(crate) out_type: DataType,
     /// Row encoding of the argument, for MIN/MAX/COUNT(DISTINCT).
-    conv: Option<(RowConverter, DataType)>,
+    pub(crate) conv: Option<(RowConverter, DataType)>,
+}
+
+/// The specs of `aggs` over `input`, whose outputs follow `n_groups` group columns in `schema`.
+pub(crate) fn agg_specs(input: &SchemaRef, n_groups: usize, aggs: &[AggCall], schema: &SchemaRef) -> Result<Vec<AggSpec>> {
+    let mut specs = Vec::new();
+    for (i, a) in aggs.iter().enumerate() {
+        let out_type = schema.field(n_groups + i).data_type().clone();
+        let arg_type = match &a.arg {
+            Some(e) => Some(e.data_type(input)?),
+            None => None,
+        };
+        let acc_type = match a.kind {
+            AggKind::Sum => Some(match &out_type {
+                DataType::Float32 | DataType::Float64 => DataType::Float64,
+                d @ DataType::Decimal128(_, _) => d.clone(),
+                _ => DataType::Int64,
+            }),
+            AggKind::Avg => Some(DataType::Float64),
+            _ => arg_type.clone(),
+        };
+        let conv = match a.kind {
+            AggKind::Min | AggKind::Max | AggKind::CountDistinct => {
+                let t = arg_type.clone().ok_or_else(|| ExecError::Unsupported("MIN/MAX need an argument".into()))?;
+                Some((converter(std::slice::from_ref(&t))?, t))
+            }
+            _ => None,
+        };
+        specs.push(AggSpec { kind: a.kind, arg: a.arg.clone(), acc_type, out_type, conv });
+    }
+    Ok(specs)
+}
+
+/// Evaluates each aggregate's argument on `batch`, cast to its accumulator type (`None` for
+/// `COUNT(*)`).
+pub(crate) fn eval_args(specs: &[AggSpec], batch: &RecordBatch) -> Result<Vec<Option<ArrayRef>>> {
+    specs
+        .iter()
+        .map(|spec| {
+            Ok(match &spec.arg {
+                Some(e) => {
+                    let a = e.evaluate(batch)?.into_array(batch.num_rows())?;
+                    Some(match &spec.acc_type {
+                        Some(t) if a.data_type() != t => cast(&a, t)?,
+                        _ => a,
+                    })
+                }
+                None => None,
+            })
+        })
+        .collect()
 }
 
 /// See the module docs.
@@ -202,31 +252,7 @@ impl AggregateOp {
         late_rows: Arc<AtomicU64>,
     ) -> Result<AggregateOp> {
         let group_types = expr_types(&group_exprs, &input)?;
-        let mut specs = Vec::new();
-        for (i, a) in aggs.iter().enumerate() {
-            let out_type = schema.field(group_exprs.len() + i).data_type().clone();
-            let arg_type = match &a.arg {
-                Some(e) => Some(e.data_type(&input)?),
-                None => None,
-            };
-            let acc_type = match a.kind {
-                AggKind::Sum => Some(match &out_type {
-                    DataType::Float32 | DataType::Float64 => DataType::Float64,
-                    d @ DataType::Decimal128(_, _) => d.clone(),
-                    _ => DataType::Int64,
-                }),
-                AggKind::Avg => Some(DataType::Float64),
-                _ => arg_type.clone(),
-            };
-            let conv = match a.kind {
-                AggKind::Min | AggKind::Max | AggKind::CountDistinct => {
-                    let t = arg_type.clone().ok_or_else(|| ExecError::Unsupported("MIN/MAX need an argument".into()))?;
-                    Some((converter(std::slice::from_ref(&t))?, t))
-                }
-                _ => None,
-            };
-            specs.push(AggSpec { kind: a.kind, arg: a.arg.clone(), acc_type, out_type, conv });
-        }
+        let specs = agg_specs(&input, group_exprs.len(), aggs, &schema)?;
         Ok(AggregateOp {
             group_conv: converter(&group_types)?,
             group_types,
@@ -420,24 +446,13 @@ impl Operator for AggregateOp {
         let n = batch.num_rows();
         let group_cols = eval(&self.group_exprs, &batch.data)?;
         let keys = self.group_conv.convert_columns(&group_cols)?;
-        let mut args: Vec<Option<ArrayRef>> = Vec::new();
+        let args = eval_args(&self.aggs, &batch.data)?;
         let mut encoded: Vec<Option<arrow::row::Rows>> = Vec::new();
-        for spec in &self.aggs {
-            let a = match &spec.arg {
-                Some(e) => {
-                    let a = e.evaluate(&batch.data)?.into_array(n)?;
-                    Some(match &spec.acc_type {
-                        Some(t) if a.data_type() != t => cast(&a, t)?,
-                        _ => a,
-                    })
-                }
-                None => None,
-            };
-            encoded.push(match (&spec.conv, &a) {
+        for (spec, a) in self.aggs.iter().zip(&args) {
+            encoded.push(match (&spec.conv, a) {
                 (Some((conv, _)), Some(a)) => Some(conv.convert_columns(std::slice::from_ref(a))?),
                 _ => None,
             });
-            args.push(a);
         }
         let window_ends = match self.window_end_index {
             Some(i) => Some(to_millis(&group_cols[i])?),

@@ -19,6 +19,7 @@ use crate::join::JoinOp;
 use crate::operator::Operator;
 use crate::source::SourceOp;
 use crate::state::{operator_prefix, StateReader, StateWriter};
+use crate::window_agg::WindowAggregateOp;
 
 struct GraphNode {
     op: Box<dyn Operator>,
@@ -79,16 +80,21 @@ impl Graph {
                 )?;
                 (Box::new(op), vec![l, r])
             }
-            Node::Aggregate { input, group_exprs, aggs, window, schema } => {
+            Node::Aggregate { input, group_exprs, aggs, window: Some(w), schema } => {
                 let c = self.add(input, late, rows)?;
-                let op = AggregateOp::try_new(
+                let op = WindowAggregateOp::try_new(
                     input.schema(),
                     group_exprs.clone(),
                     aggs,
-                    window.as_ref().map(|w| w.end_group_index),
+                    w.end_group_index,
                     schema.clone(),
                     late.clone(),
                 )?;
+                (Box::new(op), vec![c])
+            }
+            Node::Aggregate { input, group_exprs, aggs, window: None, schema } => {
+                let c = self.add(input, late, rows)?;
+                let op = AggregateOp::try_new(input.schema(), group_exprs.clone(), aggs, None, schema.clone(), late.clone())?;
                 (Box::new(op), vec![c])
             }
             Node::Union { inputs, schema } => {

@@ -4,49 +4,184 @@
 //! emit NULL-padded rows for rows without a match and retract them when a match appears.
 //! Rows whose key has a NULL never match (SQL equality).
 //!
-//! State per side: key -> (encoded row -> multiplicity), held in memory. A checkpoint writes the
-//! entries changed during the epoch as one delta record (`d<seq>`), so the store sees one write
-//! per epoch rather than one per row, as a changelog state backend does; when the deltas outgrow
-//! twice the last snapshot, a new snapshot (`s<chunk>`, 32 MiB chunks) of the whole state
-//! replaces them. A restore
+//! State per side is columnar: the input batches themselves are kept as chunks (Arrow arrays,
+//! shared with the batch, no per-row copy), with a live flag per row, and an index from the
+//! join key (Arrow row encoding) to the live rows holding it. A batch is processed in three
+//! vectorized steps: its keys are row-encoded at once, each row probes the other side's index
+//! (one hash lookup) and records which output rows it produces as index pairs, and the output
+//! columns are gathered with Arrow's `take` (this side) and `interleave` (the other side's
+//! chunks). A retraction finds the row it retracts by whole-row hash among the rows with its
+//! key, confirmed by comparing row encodings; hashes of stored rows are computed only when a
+//! retraction first looks at a chunk, so append-only inputs never pay for them. When more than
+//! half of a side's stored rows are dead, the side is compacted.
+//!
+//! A checkpoint writes the epoch's changes as one delta record (`d<seq>`), so the store sees one
+//! write per epoch rather than one per row, as a changelog state backend does: the batches of
+//! rows added (Arrow IPC) and the rows removed (key and row encodings). When the deltas outgrow
+//! twice the last snapshot, a snapshot (`s<chunk>`) of every live row replaces them. A restore
 //! applies the snapshot, then the deltas in order.
 
-use datafusion::common::HashMap;
-
-use arrow::array::{ArrayRef, RecordBatch};
+use arrow::array::{new_null_array, Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
+use arrow::compute::{concat_batches, filter_record_batch, interleave, take};
 use arrow::datatypes::{DataType, SchemaRef};
-use arrow::row::RowConverter;
+use arrow::row::{RowConverter, Rows};
+use datafusion::common::hash_utils::{create_hashes, RandomState};
+use datafusion::common::HashMap;
 use sluice_catalog::dataflow::ExprRef;
 use sluice_catalog::{ChangeBatch, Op};
+use sluice_connectors::log::{decode_batch, encode_batch};
 
 use crate::error::{ExecError, Result};
 use crate::filter::FilterOp;
 use crate::operator::Operator;
-use crate::rows::{any_null, converter, decode_optional, eval, expr_types, schema_converter, types_of};
+use crate::rows::{any_null, converter, eval, expr_types, schema_converter, types_of};
 use crate::state::{DeltaLog, StateReader, StateWriter};
 
-type SideState = HashMap<Vec<u8>, HashMap<Vec<u8>, i64>>;
+/// Rows per chunk after a compaction.
+const COMPACT_CHUNK_ROWS: usize = 65_536;
+/// Dead rows a side tolerates before it may compact (it does once they outnumber live rows).
+const COMPACT_MIN_DEAD: usize = 65_536;
+
+/// A stored row: its chunk and its index within the chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RowRef {
+    chunk: u32,
+    row: u32,
+}
+
+/// A batch of stored rows.
+struct Chunk {
+    data: RecordBatch,
+    /// Whether each row is still in the state.
+    live: Vec<bool>,
+    /// Whole-row hashes, computed when a retraction first looks into this chunk.
+    hashes: Option<Vec<u64>>,
+}
+
+/// One input's rows: chunks, the key index, and the changes since the last checkpoint.
+#[derive(Default)]
+struct Side {
+    chunks: Vec<Chunk>,
+    /// Join key (row-encoded) -> live rows with that key.
+    index: HashMap<Vec<u8>, Vec<RowRef>>,
+    live: usize,
+    dead: usize,
+    /// Batches of rows added this epoch.
+    appended: Vec<RecordBatch>,
+    /// Rows removed this epoch: key and row encodings.
+    removed: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A fixed seed: stored rows and retractions must hash alike across restarts.
+fn row_hash_state() -> RandomState {
+    RandomState::with_seed(0x6a6f_696e_5f72_6f77)
+}
+
+fn hash_rows(cols: &[ArrayRef], n: usize) -> Result<Vec<u64>> {
+    let mut hashes = vec![0u64; n];
+    create_hashes(cols, &row_hash_state(), &mut hashes)?;
+    Ok(hashes)
+}
+
+impl Side {
+    /// Adds every row of `data` (all with non-null keys `keys`), as a restore does.
+    fn add_all(&mut self, data: RecordBatch, keys: &Rows) {
+        let chunk = self.chunks.len() as u32;
+        for i in 0..data.num_rows() {
+            self.index.entry_ref(keys.row(i).data()).or_default().push(RowRef { chunk, row: i as u32 });
+        }
+        self.live += data.num_rows();
+        self.chunks.push(Chunk { live: vec![true; data.num_rows()], data, hashes: None });
+    }
+
+    /// Removes one live row equal to `row` (its encoding, whole-row `hash`) under `key`;
+    /// false when there is none.
+    fn remove(&mut self, key: &[u8], row: &[u8], hash: u64, conv: &RowConverter) -> Result<bool> {
+        let Some(refs) = self.index.get_mut(key) else { return Ok(false) };
+        let mut found = None;
+        for (pos, r) in refs.iter().enumerate() {
+            let chunk = &mut self.chunks[r.chunk as usize];
+            if chunk.hashes.is_none() {
+                chunk.hashes = Some(hash_rows(chunk.data.columns(), chunk.data.num_rows())?);
+            }
+            if chunk.hashes.as_ref().map(|h| h[r.row as usize]) != Some(hash) {
+                continue;
+            }
+            let one = chunk.data.slice(r.row as usize, 1);
+            if conv.convert_columns(one.columns())?.row(0).data() == row {
+                found = Some(pos);
+                break;
+            }
+        }
+        let Some(pos) = found else { return Ok(false) };
+        let r = refs.swap_remove(pos);
+        if refs.is_empty() {
+            self.index.remove(key);
+        }
+        self.chunks[r.chunk as usize].live[r.row as usize] = false;
+        self.live -= 1;
+        self.dead += 1;
+        Ok(true)
+    }
+
+    /// Number of live rows with `key`.
+    fn count(&self, key: &[u8]) -> usize {
+        self.index.get(key).map_or(0, |v| v.len())
+    }
+
+    /// Every live row, as batches.
+    fn live_batches(&self) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        for c in &self.chunks {
+            let live = c.live.iter().filter(|l| **l).count();
+            if live == c.data.num_rows() {
+                out.push(c.data.clone());
+            } else if live > 0 {
+                out.push(filter_record_batch(&c.data, &BooleanArray::from(c.live.clone()))?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rewrites the chunks without dead rows when those outnumber the live ones.
+    fn maybe_compact(&mut self, keys: &[ExprRef], key_conv: &RowConverter, schema: &SchemaRef) -> Result<()> {
+        if self.dead < COMPACT_MIN_DEAD || self.dead < self.live {
+            return Ok(());
+        }
+        let live = self.live_batches()?;
+        let (appended, removed) = (std::mem::take(&mut self.appended), std::mem::take(&mut self.removed));
+        *self = Side { appended, removed, ..Side::default() };
+        let mut group: Vec<RecordBatch> = Vec::new();
+        let mut rows = 0;
+        for (i, b) in live.iter().enumerate() {
+            rows += b.num_rows();
+            group.push(b.clone());
+            if rows >= COMPACT_CHUNK_ROWS || i + 1 == live.len() {
+                let data = concat_batches(schema, &group)?;
+                let k = key_conv.convert_columns(&eval(keys, &data)?)?;
+                self.add_all(data, &k);
+                group.clear();
+                rows = 0;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// See the module docs.
 pub struct JoinOp {
     keys: [Vec<ExprRef>; 2],
     outer: [bool; 2],
     schema: SchemaRef,
+    inputs: [SchemaRef; 2],
     types: [Vec<DataType>; 2],
     key_conv: RowConverter,
     row_conv: [RowConverter; 2],
-    state: [SideState; 2],
-    /// State changes since the last checkpoint, in order; repeats are harmless (the
-    /// checkpoint writes each entry's final count).
-    dirty: [Vec<(Vec<u8>, Vec<u8>, i64)>; 2],
+    state: [Side; 2],
     /// How the state is checkpointed.
     log: DeltaLog,
     filter: Option<FilterOp>,
 }
-
-/// One output row: op, left row, right row (`None` = NULL padding), borrowed from the input's
-/// encoded rows and the other side's state.
-type OutRow<'a> = (Op, Option<&'a [u8]>, Option<&'a [u8]>);
 
 impl JoinOp {
     /// Builds a join of inputs with schemas `left` and `right` producing `schema`.
@@ -72,177 +207,199 @@ impl JoinOp {
             key_conv: converter(&lt)?,
             row_conv: [schema_converter(&left)?, schema_converter(&right)?],
             types: [types_of(&left), types_of(&right)],
+            inputs: [left, right],
             keys: [left_keys, right_keys],
             outer: [left_outer, right_outer],
             schema,
-            state: [HashMap::default(), HashMap::default()],
-            dirty: [Vec::new(), Vec::new()],
+            state: [Side::default(), Side::default()],
             log: DeltaLog::default(),
             filter: filter.map(FilterOp::new),
         })
     }
 
+    /// Every live row as `(side, key encoding, row encoding)`, sorted (tests).
+    #[cfg(test)]
+    fn contents(&self) -> Vec<(usize, Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::new();
+        for side in 0..2 {
+            for b in self.state[side].live_batches().unwrap() {
+                let k = self.key_conv.convert_columns(&eval(&self.keys[side], &b).unwrap()).unwrap();
+                let r = self.row_conv[side].convert_columns(b.columns()).unwrap();
+                for i in 0..b.num_rows() {
+                    out.push((side, k.row(i).data().to_vec(), r.row(i).data().to_vec()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
 }
 
 fn bad_state() -> ExecError {
     ExecError::CorruptState("join state".into())
 }
 
-/// One state entry: side byte, key length (u32 LE), key, row length (u32 LE), row, count (i64
-/// LE; 0 when the row is gone).
-fn encode_entry(buf: &mut Vec<u8>, side: usize, key: &[u8], row: &[u8], count: i64) {
+/// Delta and snapshot entries: `0, side, len u32 LE, IPC batch` adds rows; `1, side, key len
+/// u32 LE, key, row len u32 LE, row` removes one row.
+fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
+    buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    buf.extend_from_slice(b);
+}
+
+fn encode_added(buf: &mut Vec<u8>, side: usize, batch: &RecordBatch) -> Result<()> {
+    buf.push(0);
     buf.push(side as u8);
-    buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
-    buf.extend_from_slice(key);
-    buf.extend_from_slice(&(row.len() as u32).to_le_bytes());
-    buf.extend_from_slice(row);
-    buf.extend_from_slice(&count.to_le_bytes());
+    put_bytes(buf, &encode_batch(batch)?);
+    Ok(())
 }
 
-fn decode_entry<'a>(buf: &'a [u8], pos: &mut usize) -> Result<(usize, &'a [u8], &'a [u8], i64)> {
-    let mut take = |n: usize| -> Result<&'a [u8]> {
-        let s = buf.get(*pos..*pos + n).ok_or_else(bad_state)?;
-        *pos += n;
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let s = self.b.get(self.pos..self.pos + n).ok_or_else(bad_state)?;
+        self.pos += n;
         Ok(s)
-    };
-    let side = take(1)?[0] as usize;
-    if side > 1 {
-        return Err(bad_state());
     }
-    let klen = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
-    let key = take(klen)?;
-    let rlen = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
-    let row = take(rlen)?;
-    let count = i64::from_le_bytes(take(8)?.try_into().unwrap());
-    Ok((side, key, row, count))
-}
-
-/// Decodes output rows into a batch of `schema` (left columns, then right columns).
-fn build(conv: &[RowConverter; 2], types: &[Vec<DataType>; 2], schema: &SchemaRef, out: Vec<OutRow<'_>>) -> Result<ChangeBatch> {
-    let left: Vec<Option<&[u8]>> = out.iter().map(|r| r.1).collect();
-    let right: Vec<Option<&[u8]>> = out.iter().map(|r| r.2).collect();
-    let mut cols: Vec<ArrayRef> = decode_optional(&conv[0], &types[0], &left)?;
-    cols.extend(decode_optional(&conv[1], &types[1], &right)?);
-    let data = RecordBatch::try_new(schema.clone(), cols)?;
-    Ok(ChangeBatch::new(data, out.into_iter().map(|r| r.0).collect()))
-}
-
-/// Rows with `key` on one side, counted with multiplicity.
-fn side_total(state: &SideState, key: &[u8]) -> i64 {
-    state.get(key).map(|m| m.values().sum()).unwrap_or(0)
-}
-
-/// Removes one occurrence of `row` under `key`; returns the count left, or `None` if the row
-/// was not there.
-fn remove_row(state: &mut SideState, key: &[u8], row: &[u8]) -> Option<i64> {
-    let m = state.get_mut(key)?;
-    match m.get_mut(row) {
-        Some(c) if *c > 1 => {
-            *c -= 1;
-            Some(*c)
-        }
-        Some(_) => {
-            m.remove(row);
-            if m.is_empty() {
-                state.remove(key);
-            }
-            Some(0)
-        }
-        None => None,
+    fn bytes(&mut self) -> Result<&'a [u8]> {
+        let n = u32::from_le_bytes(self.take(4)?.try_into().unwrap()) as usize;
+        self.take(n)
     }
 }
 
-/// An output row with `this` on the input's side and `that` on the other.
-fn oriented<'a>(side: usize, op: Op, this: Option<&'a [u8]>, that: Option<&'a [u8]>) -> OutRow<'a> {
-    if side == 0 {
-        (op, this, that)
-    } else {
-        (op, that, this)
-    }
+/// Output rows under construction: op, this side's input row (`None` = NULL padding), the
+/// other side's row as `(chunk, row)` for `interleave` (the chunk past the last is all NULL).
+#[derive(Default)]
+struct Out {
+    ops: Vec<Op>,
+    this: Vec<Option<u32>>,
+    other: Vec<(usize, usize)>,
 }
 
-/// `this` joined with every match (each as often as its multiplicity), or NULL-padded when
-/// there is none and its side is preserved by an outer join.
-fn emit_joined<'a>(out: &mut Vec<OutRow<'a>>, side: usize, op: Op, this: &'a [u8], matches: &[(&'a [u8], i64)], outer: bool) {
-    if matches.is_empty() {
-        if outer {
-            out.push(oriented(side, op, Some(this), None));
-        }
-        return;
-    }
-    for (r, c) in matches {
-        for _ in 0..*c {
-            out.push(oriented(side, op, Some(this), Some(r)));
-        }
-    }
-}
-
-/// The other side's rows, NULL-padded on this side.
-fn emit_other_padded<'a>(out: &mut Vec<OutRow<'a>>, side: usize, op: Op, matches: &[(&'a [u8], i64)]) {
-    for (r, c) in matches {
-        for _ in 0..*c {
-            out.push(oriented(side, op, None, Some(r)));
-        }
+impl Out {
+    fn push(&mut self, op: Op, this: Option<u32>, other: (usize, usize)) {
+        self.ops.push(op);
+        self.this.push(this);
+        self.other.push(other);
     }
 }
 
 impl Operator for JoinOp {
     fn process(&mut self, side: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
-        let other = 1 - side;
+        let n = batch.num_rows();
+        let other_side = 1 - side;
         let key_cols = eval(&self.keys[side], &batch.data)?;
         let keys = self.key_conv.convert_columns(&key_cols)?;
-        let rows = self.row_conv[side].convert_columns(batch.data.columns())?;
-        let (this_state, other_state) = {
-            let (a, b) = self.state.split_at_mut(1);
+        let any_key_null = key_cols.iter().any(|c| c.null_count() > 0);
+        let retracting = !batch.ops.iter().all(|o| o.is_insertion());
+        let (rows, hashes) = if retracting {
+            (Some(self.row_conv[side].convert_columns(batch.data.columns())?), hash_rows(batch.data.columns(), n)?)
+        } else {
+            (None, Vec::new())
+        };
+        let JoinOp { state, row_conv, outer, .. } = self;
+        let (this, other) = {
+            let (a, b) = state.split_at_mut(1);
             if side == 0 {
                 (&mut a[0], &b[0])
             } else {
                 (&mut b[0], &a[0])
             }
         };
-        let dirty = &mut self.dirty[side];
-        let (outer_this, outer_other) = (self.outer[side], self.outer[other]);
-        let mut out: Vec<OutRow<'_>> = Vec::new();
-        for i in 0..batch.num_rows() {
+        let (outer_this, outer_other) = (outer[side], outer[other_side]);
+        let null_other = (other.chunks.len(), 0);
+        let chunk_id = this.chunks.len() as u32;
+        this.chunks.push(Chunk { data: batch.data.clone(), live: vec![false; n], hashes: None });
+        let mut added = vec![false; n];
+        let mut n_added = 0;
+        let mut out = Out::default();
+        for i in 0..n {
             let op = batch.ops[i];
-            let this = rows.row(i).data();
-            if any_null(&key_cols, i) {
+            if any_key_null && any_null(&key_cols, i) {
                 if outer_this {
-                    out.push(oriented(side, op, Some(this), None));
+                    out.push(op, Some(i as u32), null_other);
                 }
                 continue;
             }
             let key = keys.row(i).data();
-            let matches: Vec<(&[u8], i64)> = other_state
-                .get(key)
-                .map(|m| m.iter().filter(|(_, c)| **c > 0).map(|(r, c)| (r.as_slice(), *c)).collect())
-                .unwrap_or_default();
+            let matches: &[RowRef] = other.index.get(key).map_or(&[], |v| v.as_slice());
             // The other side's NULL-padded rows exist exactly while this side has no row with
             // the key: the first insertion retracts them, the last retraction restores them.
             if op.is_insertion() {
-                if outer_other && !matches.is_empty() && side_total(this_state, key) == 0 {
-                    emit_other_padded(&mut out, side, Op::Delete, &matches);
+                if outer_other && !matches.is_empty() && this.count(key) == 0 {
+                    for m in matches {
+                        out.push(Op::Delete, None, (m.chunk as usize, m.row as usize));
+                    }
                 }
-                emit_joined(&mut out, side, op, this, &matches, outer_this);
-                let count = this_state.entry_ref(key).or_default().entry_ref(this).or_insert(0);
-                *count += 1;
-                dirty.push((key.to_vec(), this.to_vec(), *count));
+                if matches.is_empty() {
+                    if outer_this {
+                        out.push(op, Some(i as u32), null_other);
+                    }
+                } else {
+                    for m in matches {
+                        out.push(op, Some(i as u32), (m.chunk as usize, m.row as usize));
+                    }
+                }
+                this.index.entry_ref(key).or_default().push(RowRef { chunk: chunk_id, row: i as u32 });
+                this.chunks[chunk_id as usize].live[i] = true;
+                this.live += 1;
+                added[i] = true;
+                n_added += 1;
             } else {
-                let Some(left) = remove_row(this_state, key, this) else {
+                let row = rows.as_ref().map(|r| r.row(i)).ok_or_else(bad_state)?;
+                if !this.remove(key, row.data(), hashes[i], &row_conv[side])? {
                     // A retraction of a row this join never saw: nothing was emitted for it.
                     continue;
-                };
-                dirty.push((key.to_vec(), this.to_vec(), left));
-                emit_joined(&mut out, side, op, this, &matches, outer_this);
-                if outer_other && !matches.is_empty() && side_total(this_state, key) == 0 {
-                    emit_other_padded(&mut out, side, Op::Insert, &matches);
+                }
+                this.removed.push((key.to_vec(), row.data().to_vec()));
+                if matches.is_empty() {
+                    if outer_this {
+                        out.push(op, Some(i as u32), null_other);
+                    }
+                } else {
+                    for m in matches {
+                        out.push(op, Some(i as u32), (m.chunk as usize, m.row as usize));
+                    }
+                }
+                if outer_other && !matches.is_empty() && this.count(key) == 0 {
+                    for m in matches {
+                        out.push(Op::Insert, None, (m.chunk as usize, m.row as usize));
+                    }
                 }
             }
         }
-        if out.is_empty() {
-            return Ok(vec![]);
+        if n_added == 0 {
+            this.chunks.pop();
+        } else {
+            this.dead += n - n_added;
+            this.appended.push(if n_added == n {
+                batch.data.clone()
+            } else {
+                filter_record_batch(&batch.data, &BooleanArray::from(added))?
+            });
         }
-        let joined = build(&self.row_conv, &self.types, &self.schema, out)?;
+        let joined = if out.ops.is_empty() {
+            None
+        } else {
+            let this_idx = UInt32Array::from(std::mem::take(&mut out.this));
+            let this_cols =
+                batch.data.columns().iter().map(|c| Ok(take(c.as_ref(), &this_idx, None)?)).collect::<Result<Vec<ArrayRef>>>()?;
+            let mut other_cols = Vec::with_capacity(self.types[other_side].len());
+            for (c, t) in self.types[other_side].iter().enumerate() {
+                let nulls = new_null_array(t, 1);
+                let mut arrays: Vec<&dyn Array> = other.chunks.iter().map(|ch| ch.data.column(c).as_ref()).collect();
+                arrays.push(nulls.as_ref());
+                other_cols.push(interleave(&arrays, &out.other)?);
+            }
+            let cols = if side == 0 { [this_cols, other_cols].concat() } else { [other_cols, this_cols].concat() };
+            Some(ChangeBatch::new(RecordBatch::try_new(self.schema.clone(), cols)?, out.ops))
+        };
+        let JoinOp { state, keys: key_exprs, key_conv, inputs, .. } = self;
+        state[side].maybe_compact(&key_exprs[side], key_conv, &inputs[side])?;
+        let Some(joined) = joined else { return Ok(vec![]) };
         match &mut self.filter {
             Some(f) => f.process(0, joined),
             None => Ok(vec![joined]),
@@ -252,42 +409,73 @@ impl Operator for JoinOp {
     fn checkpoint(&mut self, w: &mut StateWriter<'_>) -> Result<()> {
         let mut delta = Vec::new();
         for side in 0..2 {
-            // Each change carries its count after the change; a restore applies them in order.
-            for (key, row, count) in std::mem::take(&mut self.dirty[side]) {
-                encode_entry(&mut delta, side, &key, &row, count);
+            let s = &mut self.state[side];
+            let appended = std::mem::take(&mut s.appended);
+            if !appended.is_empty() {
+                encode_added(&mut delta, side, &concat_batches(&self.inputs[side], &appended)?)?;
+            }
+            for (key, row) in std::mem::take(&mut s.removed) {
+                delta.push(1);
+                delta.push(side as u8);
+                put_bytes(&mut delta, &key);
+                put_bytes(&mut delta, &row);
             }
         }
         let state = &self.state;
+        let mut snap_err = None;
         self.log.commit(w, &delta, |snap| {
-            for (side, m) in state.iter().enumerate() {
-                for (key, rows) in m {
-                    for (row, count) in rows {
-                        encode_entry(snap.buf(), side, key, row, *count);
+            for (side, s) in state.iter().enumerate() {
+                match s.live_batches() {
+                    Ok(batches) => {
+                        for b in batches {
+                            if let Err(e) = encode_added(snap.buf(), side, &b) {
+                                snap_err = Some(e);
+                            }
+                        }
                     }
+                    Err(e) => snap_err = Some(e),
                 }
             }
         });
-        Ok(())
+        snap_err.map_or(Ok(()), Err)
     }
 
     fn restore(&mut self, r: &StateReader<'_>) -> Result<()> {
-        let state = &mut self.state;
-        self.log.restore(r, |v| {
-            let mut pos = 0;
-            while pos < v.len() {
-                let (side, key, row, count) = decode_entry(v, &mut pos)?;
-                let m = state[side].entry(key.to_vec()).or_default();
-                if count > 0 {
-                    m.insert(row.to_vec(), count);
-                } else {
-                    m.remove(row);
-                    if m.is_empty() {
-                        state[side].remove(key);
+        let JoinOp { state, keys, key_conv, row_conv, log, .. } = self;
+        log.restore(r, |v| {
+            let mut rd = Reader { b: v, pos: 0 };
+            while rd.pos < v.len() {
+                let tag = rd.take(1)?[0];
+                let side = rd.take(1)?[0] as usize;
+                if side > 1 {
+                    return Err(bad_state());
+                }
+                match tag {
+                    0 => {
+                        let data = decode_batch(rd.bytes()?)?;
+                        let k = key_conv.convert_columns(&eval(&keys[side], &data)?)?;
+                        state[side].add_all(data, &k);
                     }
+                    1 => {
+                        let key = rd.bytes()?;
+                        let row = rd.bytes()?;
+                        let parser = row_conv[side].parser();
+                        let cols = row_conv[side].convert_rows([parser.parse(row)])?;
+                        let hash = hash_rows(&cols, 1)?[0];
+                        if !state[side].remove(key, row, hash, &row_conv[side])? {
+                            return Err(bad_state());
+                        }
+                    }
+                    _ => return Err(bad_state()),
                 }
             }
             Ok(())
-        })
+        })?;
+        for s in state.iter_mut() {
+            s.appended.clear();
+            s.removed.clear();
+        }
+        Ok(())
     }
 
     fn name(&self) -> &'static str {
@@ -354,7 +542,7 @@ mod tests {
 
         let mut restored = join(&schema);
         restored.restore(&StateReader::new(&store, operator_prefix("t", 0))).unwrap();
-        assert_eq!(restored.state, j.state);
+        assert_eq!(restored.contents(), j.contents());
         let out = restored.process(1, batch(&schema, &[3], &["z"], &[Op::Delete])).unwrap();
         assert_eq!(out[0].to_text(), "-D 3 c 3 z\n+I 3 c NULL NULL\n");
         let _ = std::fs::remove_dir_all(&dir);

@@ -22,6 +22,7 @@ pub mod operator;
 pub mod rows;
 pub mod source;
 pub mod state;
+pub mod window_agg;
 
 pub use error::{ExecError, Result};
 pub use job::{JobRuntime, JobStatus};

@@ -1,0 +1,770 @@
+//! Window aggregation over a window TVF (Flink's WindowAggregate), vectorized.
+//!
+//! Each open window (keyed by `window_end`, ms since the epoch) holds a DataFusion
+//! [`GroupValues`] table that interns the group columns of whole batches at once into dense
+//! group ids, and one typed vector per aggregate indexed by group id (sums, counts, multisets
+//! for MIN/MAX/COUNT(DISTINCT)). A batch is split by `window_end` (usually one or two windows
+//! per batch), each part is interned, and the accumulators are updated in tight loops over the
+//! group ids. When the watermark reaches a window's end the window emits every group once as
+//! `+I`, in one batch (key columns from the group table, aggregate columns built from the
+//! vectors), and is dropped. Rows for windows the watermark already passed are late: dropped
+//! and counted in the job's `late_rows`, never silently.
+//!
+//! Retractions in the input (an updating join upstream) are accepted while their window is
+//! open: they subtract from COUNT/SUM/AVG and from the MIN/MAX multisets, and a group whose row
+//! count returns to zero is not emitted.
+//!
+//! Checkpoints are incremental: a window's delta holds the key columns of the groups created
+//! during the epoch (Arrow IPC, in id order, so a restore re-interns them to the same ids) and
+//! the accumulator values of the groups changed during the epoch; fired windows are recorded as
+//! dropped. Snapshots (see [`DeltaLog`]) write every open window whole.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array, RecordBatch, UInt32Array};
+use arrow::compute::{cast, concat_batches, filter_record_batch, take};
+use arrow::datatypes::{DataType, Decimal128Type, Field, Float64Type, Int64Type, Schema, SchemaRef};
+use datafusion::logical_expr::EmitTo;
+use datafusion::physical_plan::aggregates::group_values::{new_group_values, GroupValues};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+use sluice_catalog::dataflow::{AggCall, AggKind, ExprRef};
+use sluice_catalog::ChangeBatch;
+use sluice_connectors::log::{decode_batch, encode_batch};
+
+use crate::aggregate::{agg_specs, eval_args, AggSpec};
+use crate::error::{ExecError, Result};
+use crate::operator::Operator;
+use crate::rows::{decode_optional, eval, expr_types};
+use crate::source::to_millis;
+use crate::state::{DeltaLog, StateReader, StateWriter};
+
+/// A multiset of row-encoded values with positive multiplicities (MIN, MAX, COUNT(DISTINCT)).
+/// Most groups hold one distinct value, kept inline.
+#[derive(Debug, Clone, Default)]
+enum MultiSet {
+    #[default]
+    Empty,
+    One(Vec<u8>, i64),
+    Many(BTreeMap<Vec<u8>, i64>),
+}
+
+impl MultiSet {
+    /// Adds `w` occurrences of `v` (removes for negative `w`; removing an absent value does
+    /// nothing).
+    fn add(&mut self, v: &[u8], w: i64) {
+        match self {
+            MultiSet::Empty => {
+                if w > 0 {
+                    *self = MultiSet::One(v.to_vec(), w);
+                }
+            }
+            MultiSet::One(x, c) if x.as_slice() == v => {
+                *c += w;
+                if *c <= 0 {
+                    *self = MultiSet::Empty;
+                }
+            }
+            MultiSet::One(x, c) => {
+                if w > 0 {
+                    let mut m = BTreeMap::new();
+                    m.insert(std::mem::take(x), *c);
+                    m.insert(v.to_vec(), w);
+                    *self = MultiSet::Many(m);
+                }
+            }
+            MultiSet::Many(m) => match m.get_mut(v) {
+                Some(c) => {
+                    *c += w;
+                    if *c <= 0 {
+                        m.remove(v);
+                    }
+                }
+                None if w > 0 => {
+                    m.insert(v.to_vec(), w);
+                }
+                None => {}
+            },
+        }
+    }
+
+    fn min(&self) -> Option<&[u8]> {
+        match self {
+            MultiSet::Empty => None,
+            MultiSet::One(x, _) => Some(x),
+            MultiSet::Many(m) => m.keys().next().map(|k| k.as_slice()),
+        }
+    }
+
+    fn max(&self) -> Option<&[u8]> {
+        match self {
+            MultiSet::Empty => None,
+            MultiSet::One(x, _) => Some(x),
+            MultiSet::Many(m) => m.keys().next_back().map(|k| k.as_slice()),
+        }
+    }
+
+    fn distinct(&self) -> usize {
+        match self {
+            MultiSet::Empty => 0,
+            MultiSet::One(..) => 1,
+            MultiSet::Many(m) => m.len(),
+        }
+    }
+
+    fn entries(&self) -> Vec<(&[u8], i64)> {
+        match self {
+            MultiSet::Empty => vec![],
+            MultiSet::One(x, c) => vec![(x.as_slice(), *c)],
+            MultiSet::Many(m) => m.iter().map(|(k, c)| (k.as_slice(), *c)).collect(),
+        }
+    }
+}
+
+/// One aggregate's accumulators, indexed by group id.
+enum AccCol {
+    Count(Vec<i64>),
+    /// SUM over floats and AVG: sum and count of non-null values.
+    Float { sum: Vec<f64>, n: Vec<i64> },
+    /// SUM over integers and decimals (unscaled).
+    Int { sum: Vec<i128>, n: Vec<i64> },
+    Values(Vec<MultiSet>),
+}
+
+impl AccCol {
+    fn new(spec: &AggSpec) -> AccCol {
+        match spec.kind {
+            AggKind::Count => AccCol::Count(Vec::new()),
+            AggKind::Sum if spec.acc_type != Some(DataType::Float64) => AccCol::Int { sum: Vec::new(), n: Vec::new() },
+            AggKind::Sum | AggKind::Avg => AccCol::Float { sum: Vec::new(), n: Vec::new() },
+            AggKind::Min | AggKind::Max | AggKind::CountDistinct => AccCol::Values(Vec::new()),
+        }
+    }
+
+    fn resize(&mut self, len: usize) {
+        match self {
+            AccCol::Count(c) => c.resize(len, 0),
+            AccCol::Float { sum, n } => {
+                sum.resize(len, 0.0);
+                n.resize(len, 0);
+            }
+            AccCol::Int { sum, n } => {
+                sum.resize(len, 0);
+                n.resize(len, 0);
+            }
+            AccCol::Values(v) => v.resize(len, MultiSet::Empty),
+        }
+    }
+}
+
+/// The weight of row `j`: +1 unless `weights` says otherwise.
+#[inline]
+fn weight(weights: Option<&[i64]>, j: usize) -> i64 {
+    weights.map_or(1, |w| w[j])
+}
+
+/// Adds one part's argument values into `acc` for the rows' group ids.
+fn accumulate(acc: &mut AccCol, spec: &AggSpec, arg: Option<&ArrayRef>, gids: &[usize], weights: Option<&[i64]>) -> Result<()> {
+    let valid = |j: usize| arg.is_none_or(|a| a.is_valid(j));
+    match acc {
+        AccCol::Count(c) => {
+            if arg.is_none_or(|a| a.null_count() == 0) && weights.is_none() {
+                for g in gids {
+                    c[*g] += 1;
+                }
+            } else {
+                for (j, g) in gids.iter().enumerate() {
+                    if valid(j) {
+                        c[*g] += weight(weights, j);
+                    }
+                }
+            }
+        }
+        AccCol::Float { sum, n } => {
+            let a = arg.ok_or_else(|| ExecError::Unsupported("SUM/AVG need an argument".into()))?;
+            let v = a.as_primitive::<Float64Type>();
+            if v.null_count() == 0 && weights.is_none() {
+                for (x, g) in v.values().iter().zip(gids) {
+                    sum[*g] += *x;
+                    n[*g] += 1;
+                }
+            } else {
+                for (j, g) in gids.iter().enumerate() {
+                    if v.is_valid(j) {
+                        let w = weight(weights, j);
+                        sum[*g] += v.value(j) * w as f64;
+                        n[*g] += w;
+                    }
+                }
+            }
+        }
+        AccCol::Int { sum, n } => {
+            let a = arg.ok_or_else(|| ExecError::Unsupported("SUM needs an argument".into()))?;
+            let value: Box<dyn Fn(usize) -> i128> = match a.data_type() {
+                DataType::Decimal128(_, _) => {
+                    let d = a.as_primitive::<Decimal128Type>();
+                    Box::new(move |j| d.value(j))
+                }
+                _ => {
+                    let d = a.as_primitive::<Int64Type>();
+                    Box::new(move |j| d.value(j) as i128)
+                }
+            };
+            for (j, g) in gids.iter().enumerate() {
+                if a.is_valid(j) {
+                    let w = weight(weights, j);
+                    sum[*g] += value(j) * w as i128;
+                    n[*g] += w;
+                }
+            }
+        }
+        AccCol::Values(sets) => {
+            let a = arg.ok_or_else(|| ExecError::Unsupported("MIN/MAX need an argument".into()))?;
+            let (conv, _) = spec.conv.as_ref().ok_or_else(|| ExecError::Unsupported("MIN/MAX without encoding".into()))?;
+            let enc = conv.convert_columns(std::slice::from_ref(a))?;
+            for (j, g) in gids.iter().enumerate() {
+                if a.is_valid(j) {
+                    sets[*g].add(enc.row(j).data(), weight(weights, j));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One open window's groups.
+struct Window {
+    groups: Box<dyn GroupValues>,
+    /// Multiplicity of each group (rows in minus rows retracted).
+    rows: Vec<i64>,
+    accs: Vec<AccCol>,
+    /// Groups changed since the last checkpoint, each listed once.
+    dirty: Vec<u32>,
+    is_dirty: Vec<bool>,
+    /// Key columns of the groups created since the last checkpoint, in id order.
+    new_keys: Vec<RecordBatch>,
+}
+
+impl Window {
+    fn new(key_schema: &SchemaRef, specs: &[AggSpec]) -> Result<Window> {
+        Ok(Window {
+            groups: new_group_values(key_schema.clone(), &GroupOrdering::None)?,
+            rows: Vec::new(),
+            accs: specs.iter().map(AccCol::new).collect(),
+            dirty: Vec::new(),
+            is_dirty: Vec::new(),
+            new_keys: Vec::new(),
+        })
+    }
+
+    /// Interns `keys` (columns of `key_schema`), growing the accumulators for new groups and,
+    /// when `track`, remembering new groups' keys for the next checkpoint.
+    fn intern(&mut self, key_schema: &SchemaRef, keys: &[ArrayRef], gids: &mut Vec<usize>, track: bool) -> Result<()> {
+        let before = self.groups.len();
+        self.groups.intern(keys, gids)?;
+        let after = self.groups.len();
+        if after > before {
+            if track {
+                // Ids are handed out in row order: a new group's first row is where the id
+                // equals the next unseen one.
+                let mut next = before;
+                let mut first = Vec::with_capacity(after - before);
+                for (j, g) in gids.iter().enumerate() {
+                    if *g == next {
+                        first.push(j as u32);
+                        next += 1;
+                    }
+                }
+                let idx = UInt32Array::from(first);
+                let cols = keys.iter().map(|c| Ok(take(c.as_ref(), &idx, None)?)).collect::<Result<Vec<_>>>()?;
+                self.new_keys.push(RecordBatch::try_new(key_schema.clone(), cols)?);
+            }
+            self.rows.resize(after, 0);
+            self.is_dirty.resize(after, false);
+            for a in &mut self.accs {
+                a.resize(after);
+            }
+        }
+        Ok(())
+    }
+
+    /// Accumulator state of group `g`: rows (i64 LE), then per aggregate its fields.
+    fn encode_group(&self, g: usize, buf: &mut Vec<u8>) {
+        buf.extend_from_slice(&self.rows[g].to_le_bytes());
+        for a in &self.accs {
+            match a {
+                AccCol::Count(c) => buf.extend_from_slice(&c[g].to_le_bytes()),
+                AccCol::Float { sum, n } => {
+                    buf.extend_from_slice(&sum[g].to_le_bytes());
+                    buf.extend_from_slice(&n[g].to_le_bytes());
+                }
+                AccCol::Int { sum, n } => {
+                    buf.extend_from_slice(&sum[g].to_le_bytes());
+                    buf.extend_from_slice(&n[g].to_le_bytes());
+                }
+                AccCol::Values(v) => {
+                    let e = v[g].entries();
+                    buf.extend_from_slice(&(e.len() as u32).to_le_bytes());
+                    for (x, c) in e {
+                        buf.extend_from_slice(&(x.len() as u32).to_le_bytes());
+                        buf.extend_from_slice(x);
+                        buf.extend_from_slice(&c.to_le_bytes());
+                    }
+                }
+            }
+        }
+    }
+
+    fn decode_group(&mut self, g: usize, r: &mut Reader<'_>) -> Result<()> {
+        self.rows[g] = r.i64()?;
+        for a in &mut self.accs {
+            match a {
+                AccCol::Count(c) => c[g] = r.i64()?,
+                AccCol::Float { sum, n } => {
+                    sum[g] = f64::from_le_bytes(r.take(8)?.try_into().unwrap());
+                    n[g] = r.i64()?;
+                }
+                AccCol::Int { sum, n } => {
+                    sum[g] = i128::from_le_bytes(r.take(16)?.try_into().unwrap());
+                    n[g] = r.i64()?;
+                }
+                AccCol::Values(v) => {
+                    let len = r.u32()?;
+                    let mut set = MultiSet::Empty;
+                    for _ in 0..len {
+                        let x = r.bytes()?;
+                        set.add(x, r.i64()?);
+                    }
+                    v[g] = set;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let s = self.b.get(self.pos..self.pos + n).ok_or_else(|| ExecError::CorruptState("short window state".into()))?;
+        self.pos += n;
+        Ok(s)
+    }
+    fn i64(&mut self) -> Result<i64> {
+        Ok(i64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+}
+
+fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
+    buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    buf.extend_from_slice(b);
+}
+
+/// See the module docs.
+pub struct WindowAggregateOp {
+    group_exprs: Vec<ExprRef>,
+    /// Schema of the group columns (all nullable), for the group tables.
+    key_schema: SchemaRef,
+    aggs: Vec<AggSpec>,
+    window_end_index: usize,
+    schema: SchemaRef,
+    windows: BTreeMap<i64, Window>,
+    /// Windows emitted since the last checkpoint.
+    fired: Vec<i64>,
+    log: DeltaLog,
+    watermark: i64,
+    late_rows: Arc<AtomicU64>,
+    gids: Vec<usize>,
+}
+
+impl WindowAggregateOp {
+    /// Builds the operator over an input with schema `input`, producing `schema` (group columns
+    /// then one column per aggregate); `window_end_index` is the position of `window_end` among
+    /// the group expressions. `late_rows` counts rows dropped behind the watermark.
+    ///
+    /// Errors: an aggregate without the argument it needs, or group types DataFusion cannot
+    /// group by.
+    pub fn try_new(
+        input: SchemaRef,
+        group_exprs: Vec<ExprRef>,
+        aggs: &[AggCall],
+        window_end_index: usize,
+        schema: SchemaRef,
+        late_rows: Arc<AtomicU64>,
+    ) -> Result<WindowAggregateOp> {
+        let types = expr_types(&group_exprs, &input)?;
+        let key_schema = Arc::new(Schema::new(
+            types.iter().enumerate().map(|(i, t)| Field::new(format!("g{i}"), t.clone(), true)).collect::<Vec<_>>(),
+        ));
+        // Fails early when DataFusion cannot group by these types.
+        new_group_values(key_schema.clone(), &GroupOrdering::None)?;
+        Ok(WindowAggregateOp {
+            aggs: agg_specs(&input, group_exprs.len(), aggs, &schema)?,
+            group_exprs,
+            key_schema,
+            window_end_index,
+            schema,
+            windows: BTreeMap::new(),
+            fired: Vec::new(),
+            log: DeltaLog::default(),
+            watermark: i64::MIN,
+            late_rows,
+            gids: Vec::new(),
+        })
+    }
+
+    /// Adds rows (`keys`, `args`, optional `weights`) that all belong to the window ending at
+    /// `we`.
+    fn update(&mut self, we: i64, keys: &[ArrayRef], args: &[Option<ArrayRef>], weights: Option<&[i64]>) -> Result<()> {
+        let w = match self.windows.entry(we) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => v.insert(Window::new(&self.key_schema, &self.aggs)?),
+        };
+        let gids = &mut self.gids;
+        w.intern(&self.key_schema, keys, gids, true)?;
+        for (j, g) in gids.iter().enumerate() {
+            w.rows[*g] += weight(weights, j);
+            if !w.is_dirty[*g] {
+                w.is_dirty[*g] = true;
+                w.dirty.push(*g as u32);
+            }
+        }
+        for ((acc, spec), arg) in w.accs.iter_mut().zip(&self.aggs).zip(args) {
+            accumulate(acc, spec, arg.as_ref(), gids, weights)?;
+        }
+        Ok(())
+    }
+
+    /// The window's result rows: every group with a positive row count.
+    fn emit(&self, mut w: Window) -> Result<Option<RecordBatch>> {
+        let keys = w.groups.emit(EmitTo::All)?;
+        let n = w.rows.len();
+        let mut cols = keys;
+        for (spec, acc) in self.aggs.iter().zip(&w.accs) {
+            let col: ArrayRef = match acc {
+                AccCol::Count(c) => Arc::new(Int64Array::from(c.clone())),
+                AccCol::Float { sum, n: cnt } => {
+                    let avg = spec.kind == AggKind::Avg;
+                    Arc::new(Float64Array::from_iter(
+                        sum.iter().zip(cnt).map(|(s, c)| (*c != 0).then(|| if avg { *s / *c as f64 } else { *s })),
+                    ))
+                }
+                AccCol::Int { sum, n: cnt } => match &spec.acc_type {
+                    Some(DataType::Decimal128(p, s)) => Arc::new(
+                        Decimal128Array::from_iter(sum.iter().zip(cnt).map(|(v, c)| (*c != 0).then_some(*v)))
+                            .with_precision_and_scale(*p, *s)?,
+                    ),
+                    _ => Arc::new(Int64Array::from_iter(sum.iter().zip(cnt).map(|(v, c)| (*c != 0).then_some(*v as i64)))),
+                },
+                AccCol::Values(sets) => match spec.kind {
+                    AggKind::CountDistinct => Arc::new(Int64Array::from_iter_values(sets.iter().map(|s| s.distinct() as i64))),
+                    kind => {
+                        let (conv, t) = spec.conv.as_ref().ok_or_else(|| ExecError::Unsupported("MIN/MAX without encoding".into()))?;
+                        let picked: Vec<Option<&[u8]>> =
+                            sets.iter().map(|s| if kind == AggKind::Min { s.min() } else { s.max() }).collect();
+                        decode_optional(conv, std::slice::from_ref(t), &picked)?.remove(0)
+                    }
+                },
+            };
+            cols.push(col);
+        }
+        let cols = cols
+            .into_iter()
+            .zip(self.schema.fields())
+            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { cast(&c, f.data_type()) })
+            .collect::<Result<Vec<_>, _>>()?;
+        let batch = RecordBatch::try_new(self.schema.clone(), cols)?;
+        let live = w.rows.iter().filter(|r| **r > 0).count();
+        if live == 0 {
+            return Ok(None);
+        }
+        if live == n {
+            return Ok(Some(batch));
+        }
+        Ok(Some(filter_record_batch(&batch, &BooleanArray::from_iter(w.rows.iter().map(|r| Some(*r > 0))))?))
+    }
+}
+
+impl Operator for WindowAggregateOp {
+    fn process(&mut self, _side: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(vec![]);
+        }
+        let keys = eval(&self.group_exprs, &batch.data)?;
+        let args = eval_args(&self.aggs, &batch.data)?;
+        let ends = to_millis(&keys[self.window_end_index])?;
+        let weights: Option<Vec<i64>> =
+            (!batch.is_append_only()).then(|| batch.ops.iter().map(|o| o.weight()).collect());
+        // Fast path: the whole batch falls into one open window.
+        if ends.null_count() == 0 {
+            let v = ends.values();
+            let first = v[0];
+            if first > self.watermark && v.iter().all(|e| *e == first) {
+                self.update(first, &keys, &args, weights.as_deref())?;
+                return Ok(vec![]);
+            }
+        }
+        // Split by window end, dropping late rows.
+        let mut parts: Vec<(i64, Vec<u32>)> = Vec::new();
+        let mut late = 0u64;
+        for i in 0..n {
+            if ends.is_null(i) {
+                continue;
+            }
+            let e = ends.value(i);
+            if e <= self.watermark {
+                late += 1;
+                continue;
+            }
+            match parts.iter_mut().rev().find(|(w, _)| *w == e) {
+                Some((_, idx)) => idx.push(i as u32),
+                None => parts.push((e, vec![i as u32])),
+            }
+        }
+        if late > 0 {
+            self.late_rows.fetch_add(late, Ordering::Relaxed);
+        }
+        for (e, idx) in parts {
+            let idx = UInt32Array::from(idx);
+            let k = keys.iter().map(|c| Ok(take(c.as_ref(), &idx, None)?)).collect::<Result<Vec<_>>>()?;
+            let a = args
+                .iter()
+                .map(|c| c.as_ref().map(|c| take(c.as_ref(), &idx, None)).transpose())
+                .collect::<Result<Vec<_>, _>>()?;
+            let w: Option<Vec<i64>> = weights.as_ref().map(|w| idx.values().iter().map(|i| w[*i as usize]).collect());
+            self.update(e, &k, &a, w.as_deref())?;
+        }
+        Ok(vec![])
+    }
+
+    fn on_watermark(&mut self, watermark: i64) -> Result<Vec<ChangeBatch>> {
+        if watermark <= self.watermark {
+            return Ok(vec![]);
+        }
+        self.watermark = watermark;
+        let open = self.windows.split_off(&watermark.saturating_add(1));
+        let closed = std::mem::replace(&mut self.windows, open);
+        let mut out = Vec::new();
+        for (we, w) in closed {
+            if let Some(b) = self.emit(w)? {
+                out.push(b);
+            }
+            self.fired.push(we);
+        }
+        if out.is_empty() {
+            return Ok(vec![]);
+        }
+        let data = concat_batches(&self.schema, &out)?;
+        Ok(vec![ChangeBatch::inserts(data)])
+    }
+
+    fn checkpoint(&mut self, wr: &mut StateWriter<'_>) -> Result<()> {
+        // Entries: 2 = drop a fired window; 0 = append group keys (IPC) to a window; 1 = set
+        // the accumulators of listed groups of a window.
+        let mut delta = Vec::new();
+        for we in self.fired.drain(..) {
+            delta.push(2);
+            delta.extend_from_slice(&we.to_le_bytes());
+        }
+        for (we, w) in self.windows.iter_mut() {
+            if !w.new_keys.is_empty() {
+                let keys = concat_batches(&self.key_schema, &std::mem::take(&mut w.new_keys))?;
+                delta.push(0);
+                delta.extend_from_slice(&we.to_le_bytes());
+                put_bytes(&mut delta, &encode_batch(&keys)?);
+            }
+            if !w.dirty.is_empty() {
+                delta.push(1);
+                delta.extend_from_slice(&we.to_le_bytes());
+                delta.extend_from_slice(&(w.dirty.len() as u32).to_le_bytes());
+                for g in std::mem::take(&mut w.dirty) {
+                    w.is_dirty[g as usize] = false;
+                    delta.extend_from_slice(&g.to_le_bytes());
+                    w.encode_group(g as usize, &mut delta);
+                }
+            }
+        }
+        let (windows, key_schema) = (&mut self.windows, &self.key_schema);
+        let mut snap_err = None;
+        self.log.commit(wr, &delta, |snap| {
+            for (we, w) in windows.iter_mut() {
+                // Reading a group table empties it: emit the keys, then intern them into a
+                // fresh table, which gives them the same ids.
+                let res = (|| -> Result<()> {
+                    let keys = w.groups.emit(EmitTo::All)?;
+                    w.groups = new_group_values(key_schema.clone(), &GroupOrdering::None)?;
+                    let mut gids = Vec::new();
+                    w.groups.intern(&keys, &mut gids)?;
+                    let batch = RecordBatch::try_new(key_schema.clone(), keys)?;
+                    let buf = snap.buf();
+                    buf.push(0);
+                    buf.extend_from_slice(&we.to_le_bytes());
+                    put_bytes(buf, &encode_batch(&batch)?);
+                    buf.push(1);
+                    buf.extend_from_slice(&we.to_le_bytes());
+                    buf.extend_from_slice(&(w.rows.len() as u32).to_le_bytes());
+                    for g in 0..w.rows.len() {
+                        buf.extend_from_slice(&(g as u32).to_le_bytes());
+                        w.encode_group(g, buf);
+                    }
+                    Ok(())
+                })();
+                if let Err(e) = res {
+                    snap_err = Some(e);
+                }
+            }
+        });
+        snap_err.map_or(Ok(()), Err)
+    }
+
+    fn restore(&mut self, r: &StateReader<'_>) -> Result<()> {
+        let WindowAggregateOp { windows, key_schema, aggs, log, gids, .. } = self;
+        log.restore(r, |v| {
+            let mut rd = Reader { b: v, pos: 0 };
+            while rd.pos < v.len() {
+                let tag = rd.take(1)?[0];
+                let we = rd.i64()?;
+                match tag {
+                    0 => {
+                        let keys = decode_batch(rd.bytes()?)?;
+                        let w = match windows.entry(we) {
+                            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                            std::collections::btree_map::Entry::Vacant(e) => e.insert(Window::new(key_schema, aggs)?),
+                        };
+                        w.intern(key_schema, keys.columns(), gids, false)?;
+                    }
+                    1 => {
+                        let w = windows.get_mut(&we).ok_or_else(|| ExecError::CorruptState("window state before its keys".into()))?;
+                        let count = rd.u32()?;
+                        for _ in 0..count {
+                            let g = rd.u32()? as usize;
+                            if g >= w.rows.len() {
+                                return Err(ExecError::CorruptState("window group id".into()));
+                            }
+                            w.decode_group(g, &mut rd)?;
+                        }
+                    }
+                    2 => {
+                        windows.remove(&we);
+                    }
+                    t => return Err(ExecError::CorruptState(format!("window state entry {t}"))),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "WindowAggregate"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Float64Array, Int64Array, StringArray};
+    use datafusion::physical_expr::expressions::Column;
+    use rocksdb::WriteBatch;
+    use sluice_catalog::{Op, Store};
+
+    use super::*;
+    use crate::state::operator_prefix;
+
+    fn input() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("we", DataType::Int64, true),
+            Field::new("k", DataType::Utf8, true),
+            Field::new("v", DataType::Float64, true),
+        ]))
+    }
+
+    fn op() -> WindowAggregateOp {
+        let out = Arc::new(Schema::new(vec![
+            Field::new("we", DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None), true),
+            Field::new("k", DataType::Utf8, true),
+            Field::new("sum", DataType::Float64, true),
+            Field::new("max", DataType::Float64, true),
+            Field::new("n", DataType::Int64, true),
+        ]));
+        let col = |n: &str, i: usize| -> ExprRef { Arc::new(Column::new(n, i)) };
+        let we: ExprRef = Arc::new(datafusion::physical_expr::expressions::CastExpr::new(
+            col("we", 0),
+            DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
+            None,
+        ));
+        let aggs = vec![
+            AggCall { kind: AggKind::Sum, arg: Some(col("v", 2)) },
+            AggCall { kind: AggKind::Max, arg: Some(col("v", 2)) },
+            AggCall { kind: AggKind::Count, arg: None },
+        ];
+        WindowAggregateOp::try_new(input(), vec![we, col("k", 1)], &aggs, 0, out, Arc::new(AtomicU64::new(0))).unwrap()
+    }
+
+    fn batch(we: &[i64], k: &[&str], v: &[f64], ops: &[Op]) -> ChangeBatch {
+        let data = RecordBatch::try_new(
+            input(),
+            vec![
+                Arc::new(Int64Array::from(we.to_vec())),
+                Arc::new(StringArray::from(k.to_vec())),
+                Arc::new(Float64Array::from(v.to_vec())),
+            ],
+        )
+        .unwrap();
+        ChangeBatch::new(data, ops.to_vec())
+    }
+
+    fn text(out: Vec<ChangeBatch>) -> String {
+        let mut lines: Vec<String> = out.iter().flat_map(|b| b.to_text().lines().map(String::from).collect::<Vec<_>>()).collect();
+        lines.sort();
+        lines.join("\n")
+    }
+
+    #[test]
+    fn windows_fire_once_with_retractions_and_survive_restore() {
+        use Op::*;
+        let mut a = op();
+        a.process(0, batch(&[10, 10, 20, 10], &["x", "y", "x", "x"], &[1.0, 2.0, 3.0, 4.0], &[Insert; 4])).unwrap();
+        // A retraction in an open window, and a group retracted to nothing.
+        a.process(0, batch(&[10, 20], &["x", "x"], &[4.0, 3.0], &[Delete, Delete])).unwrap();
+        let dir = std::env::temp_dir().join(format!("sluice-window-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        let commit = |a: &mut WindowAggregateOp| {
+            let mut wb = WriteBatch::default();
+            a.checkpoint(&mut StateWriter::new(&store, &mut wb, operator_prefix("t", 0))).unwrap();
+            store.write(wb).unwrap();
+        };
+        commit(&mut a);
+        a.process(0, batch(&[20, 30], &["y", "z"], &[5.0, 6.0], &[Insert, Insert])).unwrap();
+        a.log.force_snapshot();
+        commit(&mut a);
+        a.process(0, batch(&[30], &["z"], &[7.0], &[Insert])).unwrap();
+        commit(&mut a);
+
+        let mut b = op();
+        b.restore(&StateReader::new(&store, operator_prefix("t", 0))).unwrap();
+        for agg in [&mut a, &mut b] {
+            assert_eq!(
+                text(agg.on_watermark(20).unwrap()),
+                "+I 1970-01-01T00:00:00.010 x 1.0 1.0 1\n+I 1970-01-01T00:00:00.010 y 2.0 2.0 1\n+I 1970-01-01T00:00:00.020 y 5.0 5.0 1"
+            );
+            // Late: its window has fired.
+            agg.process(0, batch(&[20], &["q"], &[1.0], &[Insert])).unwrap();
+            assert_eq!(agg.late_rows.load(Ordering::Relaxed), 1);
+            assert_eq!(text(agg.on_watermark(30).unwrap()), "+I 1970-01-01T00:00:00.030 z 13.0 7.0 2");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
