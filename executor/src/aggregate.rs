@@ -5,16 +5,11 @@
 //! or `-D old` (group emptied). Accumulators support retraction: COUNT and SUM/AVG subtract,
 //! MIN/MAX/COUNT(DISTINCT) keep a multiset of values ordered by Arrow's row encoding.
 //!
-//! With a window (Flink's WindowAggregate over a window TVF), input must be append-only; a
-//! window's groups are emitted once as `+I` when the watermark reaches `window_end` and their
-//! state is dropped. Rows for windows the watermark already passed are late: dropped and counted
-//! in the job's `late_rows`, never silently.
+//! Aggregation over a window TVF is [`crate::window_agg`].
 
 use std::collections::BTreeMap;
 
 use datafusion::common::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Decimal128Array, Float64Array, Int64Array, RecordBatch};
 use arrow::compute::cast;
@@ -27,7 +22,6 @@ use sluice_catalog::{ChangeBatch, Op};
 use crate::error::{ExecError, Result};
 use crate::operator::Operator;
 use crate::rows::{converter, decode, decode_optional, eval, expr_types};
-use crate::source::to_millis;
 use crate::state::{DeltaLog, StateReader, StateWriter};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -44,18 +38,17 @@ enum Acc {
 struct Group {
     rows: i64,
     accs: Vec<Acc>,
-    window_end: Option<i64>,
     /// Listed in the operator's dirty keys since the last checkpoint (not stored).
     dirty: bool,
 }
 
 impl Group {
-    /// Compact binary form for the state store: `rows`, `window_end` (i64::MIN for none), the
+    /// Compact binary form for the state store: `rows`, a reserved i64 (i64::MIN), the
     /// accumulator count, then per accumulator a tag byte and its fields, little-endian.
     fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(32);
         b.extend_from_slice(&self.rows.to_le_bytes());
-        b.extend_from_slice(&self.window_end.unwrap_or(i64::MIN).to_le_bytes());
+        b.extend_from_slice(&i64::MIN.to_le_bytes());
         b.extend_from_slice(&(self.accs.len() as u16).to_le_bytes());
         for a in &self.accs {
             match a {
@@ -95,7 +88,7 @@ impl Group {
     fn decode(b: &[u8]) -> Result<Group> {
         let mut r = Reader { b, pos: 0 };
         let rows = r.i64()?;
-        let we = r.i64()?;
+        let _reserved = r.i64()?;
         let n = u16::from_le_bytes(r.take(2)?.try_into().unwrap());
         let mut accs = Vec::with_capacity(n as usize);
         for _ in 0..n {
@@ -117,7 +110,7 @@ impl Group {
                 t => return Err(ExecError::CorruptState(format!("aggregate state tag {t}"))),
             });
         }
-        Ok(Group { rows, accs, window_end: (we != i64::MIN).then_some(we), dirty: false })
+        Ok(Group { rows, accs, dirty: false })
     }
 }
 
@@ -223,34 +216,20 @@ pub struct AggregateOp {
     group_types: Vec<DataType>,
     group_conv: RowConverter,
     aggs: Vec<AggSpec>,
-    window_end_index: Option<usize>,
     schema: SchemaRef,
     groups: HashMap<Vec<u8>, Group>,
-    /// Windowed aggregation: window end -> that window's groups, so a closing window is emitted
-    /// and dropped as a whole.
-    windows: BTreeMap<i64, HashMap<Vec<u8>, Group>>,
-    /// Groups changed since the last checkpoint (window end for windowed groups), in order;
-    /// repeats are harmless.
-    dirty: Vec<(Option<i64>, Vec<u8>)>,
-    /// Windows emitted since the last checkpoint.
-    fired: Vec<i64>,
+    /// Groups changed since the last checkpoint, in order; repeats are harmless.
+    dirty: Vec<Vec<u8>>,
     /// How the state is checkpointed.
     log: DeltaLog,
-    watermark: i64,
-    late_rows: Arc<AtomicU64>,
 }
 
 impl AggregateOp {
     /// Builds the operator over an input with schema `input`, producing `schema` (group columns
-    /// then one column per aggregate). `late_rows` counts rows dropped behind the watermark.
-    pub fn try_new(
-        input: SchemaRef,
-        group_exprs: Vec<ExprRef>,
-        aggs: &[AggCall],
-        window_end_index: Option<usize>,
-        schema: SchemaRef,
-        late_rows: Arc<AtomicU64>,
-    ) -> Result<AggregateOp> {
+    /// then one column per aggregate).
+    ///
+    /// Errors: an aggregate without the argument it needs.
+    pub fn try_new(input: SchemaRef, group_exprs: Vec<ExprRef>, aggs: &[AggCall], schema: SchemaRef) -> Result<AggregateOp> {
         let group_types = expr_types(&group_exprs, &input)?;
         let specs = agg_specs(&input, group_exprs.len(), aggs, &schema)?;
         Ok(AggregateOp {
@@ -258,15 +237,10 @@ impl AggregateOp {
             group_types,
             group_exprs,
             aggs: specs,
-            window_end_index,
             schema,
             groups: HashMap::default(),
-            windows: BTreeMap::new(),
             dirty: Vec::new(),
-            fired: Vec::new(),
             log: DeltaLog::default(),
-            watermark: i64::MIN,
-            late_rows,
         })
     }
 
@@ -338,7 +312,7 @@ impl AggregateOp {
 }
 
 /// A fresh group for the aggregates `aggs`.
-fn new_group(aggs: &[AggSpec], window_end: Option<i64>) -> Group {
+fn new_group(aggs: &[AggSpec]) -> Group {
     let accs = aggs
         .iter()
         .map(|a| match a.kind {
@@ -351,7 +325,7 @@ fn new_group(aggs: &[AggSpec], window_end: Option<i64>) -> Group {
             AggKind::Min | AggKind::Max | AggKind::CountDistinct => Acc::Values(BTreeMap::new()),
         })
         .collect();
-    Group { rows: 0, accs, window_end, dirty: false }
+    Group { rows: 0, accs, dirty: false }
 }
 
 /// An aggregate's argument column, downcast once per batch.
@@ -454,31 +428,13 @@ impl Operator for AggregateOp {
                 _ => None,
             });
         }
-        let window_ends = match self.window_end_index {
-            Some(i) => Some(to_millis(&group_cols[i])?),
-            None => None,
-        };
         let arg_views: Vec<Arg<'_>> = args.iter().zip(&encoded).map(|(a, e)| Arg::new(a.as_ref(), e.as_ref())).collect();
         let mut touched: Vec<(Vec<u8>, Option<Vec<AggOut>>)> = Vec::new();
         let mut seen: HashSet<Vec<u8>> = HashSet::default();
         for i in 0..n {
-            let we = match &window_ends {
-                Some(w) => {
-                    if w.is_null(i) {
-                        continue;
-                    }
-                    let we = w.value(i);
-                    if we <= self.watermark {
-                        self.late_rows.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    Some(we)
-                }
-                None => None,
-            };
             let row = keys.row(i);
             let key = row.data();
-            if window_ends.is_none() && !seen.contains(key) {
+            if !seen.contains(key) {
                 let old = match self.groups.get(key) {
                     Some(g) if g.rows > 0 => Some(self.results(g)?),
                     _ => None,
@@ -487,10 +443,7 @@ impl Operator for AggregateOp {
                 touched.push((key.to_vec(), old));
             }
             let aggs = &self.aggs;
-            let g = match we {
-                Some(we) => self.windows.entry(we).or_default().entry_ref(key).or_insert_with(|| new_group(aggs, Some(we))),
-                None => self.groups.entry_ref(key).or_insert_with(|| new_group(aggs, None)),
-            };
+            let g = self.groups.entry_ref(key).or_insert_with(|| new_group(aggs));
             let w = batch.ops[i].weight();
             g.rows += w;
             for (acc, arg) in g.accs.iter_mut().zip(&arg_views) {
@@ -498,11 +451,8 @@ impl Operator for AggregateOp {
             }
             if !g.dirty {
                 g.dirty = true;
-                self.dirty.push((we, key.to_vec()));
+                self.dirty.push(key.to_vec());
             }
-        }
-        if window_ends.is_some() {
-            return Ok(vec![]);
         }
         let mut out = Vec::new();
         for (key, old) in touched {
@@ -530,61 +480,25 @@ impl Operator for AggregateOp {
         Ok(vec![self.build(out)?])
     }
 
-    fn on_watermark(&mut self, watermark: i64) -> Result<Vec<ChangeBatch>> {
-        if watermark <= self.watermark {
-            return Ok(vec![]);
-        }
-        self.watermark = watermark;
-        if self.window_end_index.is_none() {
-            return Ok(vec![]);
-        }
-        let mut out = Vec::new();
-        let open = self.windows.split_off(&watermark.saturating_add(1));
-        let closed = std::mem::replace(&mut self.windows, open);
-        for (we, groups) in closed {
-            for (key, g) in groups {
-                if g.rows > 0 {
-                    let res = self.results(&g)?;
-                    out.push((Op::Insert, key, res));
-                }
-            }
-            self.fired.push(we);
-        }
-        if out.is_empty() {
-            return Ok(vec![]);
-        }
-        Ok(vec![self.build(out)?])
-    }
-
     fn checkpoint(&mut self, w: &mut StateWriter<'_>) -> Result<()> {
-        // Entries: 2 = drop a fired window's groups, 0 = put a group, 1 = delete a group.
+        // Entries: 0 = put a group, 1 = delete a group.
         let mut delta = Vec::new();
-        for we in self.fired.drain(..) {
-            delta.push(2);
-            delta.extend_from_slice(&we.to_le_bytes());
-        }
-        for (we, key) in std::mem::take(&mut self.dirty) {
-            let g = match we {
-                Some(we) => self.windows.get_mut(&we).and_then(|m| m.get_mut(&key)),
-                None => self.groups.get_mut(&key),
-            };
-            match (g, we) {
-                (Some(g), _) => {
+        for key in std::mem::take(&mut self.dirty) {
+            match self.groups.get_mut(&key) {
+                Some(g) => {
                     g.dirty = false;
                     put_entry(&mut delta, &key, g);
                 }
-                (None, None) => {
+                None => {
                     delta.push(1);
                     delta.extend_from_slice(&(key.len() as u32).to_le_bytes());
                     delta.extend_from_slice(&key);
                 }
-                // A windowed group that is gone was emitted: its window's drop covers it.
-                (None, Some(_)) => {}
             }
         }
-        let (groups, windows) = (&self.groups, &self.windows);
+        let groups = &self.groups;
         self.log.commit(w, &delta, |snap| {
-            for (key, g) in groups.iter().chain(windows.values().flat_map(|m| m.iter())) {
+            for (key, g) in groups.iter() {
                 put_entry(snap.buf(), key, g);
             }
         });
@@ -592,7 +506,7 @@ impl Operator for AggregateOp {
     }
 
     fn restore(&mut self, r: &StateReader<'_>) -> Result<()> {
-        let (groups, windows) = (&mut self.groups, &mut self.windows);
+        let groups = &mut self.groups;
         self.log.restore(r, |v| {
             let mut rd = Reader { b: v, pos: 0 };
             while rd.pos < v.len() {
@@ -602,17 +516,11 @@ impl Operator for AggregateOp {
                         let key = rd.take(klen)?.to_vec();
                         let vlen = u32::from_le_bytes(rd.take(4)?.try_into().unwrap()) as usize;
                         let g = Group::decode(rd.take(vlen)?)?;
-                        match g.window_end {
-                            Some(we) => windows.entry(we).or_default().insert(key, g),
-                            None => groups.insert(key, g),
-                        };
+                        groups.insert(key, g);
                     }
                     1 => {
                         let klen = u32::from_le_bytes(rd.take(4)?.try_into().unwrap()) as usize;
                         groups.remove(rd.take(klen)?);
-                    }
-                    2 => {
-                        windows.remove(&rd.i64()?);
                     }
                     t => return Err(ExecError::CorruptState(format!("aggregate state entry {t}"))),
                 }
@@ -622,10 +530,6 @@ impl Operator for AggregateOp {
     }
 
     fn name(&self) -> &'static str {
-        if self.window_end_index.is_some() {
-            "WindowAggregate"
-        } else {
-            "GroupAggregate"
-        }
+        "GroupAggregate"
     }
 }

@@ -94,7 +94,7 @@ impl Graph {
             }
             Node::Aggregate { input, group_exprs, aggs, window: None, schema } => {
                 let c = self.add(input, late, rows)?;
-                let op = AggregateOp::try_new(input.schema(), group_exprs.clone(), aggs, None, schema.clone(), late.clone())?;
+                let op = AggregateOp::try_new(input.schema(), group_exprs.clone(), aggs, schema.clone())?;
                 (Box::new(op), vec![c])
             }
             Node::Union { inputs, schema } => {

@@ -33,6 +33,12 @@ fn queries(s: &str) -> Vec<(String, String, String)> {
             String::new(),
         ),
         (
+            // Both inputs updating, several rows per key: retractions must find their row.
+            format!("CREATE TABLE q_self_{s} (a BIGINT, spend BIGINT, b BIGINT)"),
+            format!("SELECT x.id, x.spend, y.id FROM cust_{s} x JOIN cust_{s} y ON x.spend = y.spend"),
+            String::new(),
+        ),
+        (
             format!("CREATE TABLE q_group_{s} (user_id BIGINT, n BIGINT, total BIGINT, lo BIGINT, hi BIGINT, PRIMARY KEY (user_id) NOT ENFORCED)"),
             format!("SELECT user_id, COUNT(*), SUM(amount), MIN(amount), MAX(amount) FROM tx_{s} GROUP BY user_id"),
             String::new(),
