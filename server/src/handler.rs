@@ -1,6 +1,7 @@
 //! The pgwire front end: simple and extended query protocols and `COPY FROM STDIN`, kept thin:
-//! statements go to the [`Engine`], rows come back as Arrow batches encoded by `arrow-pg`, and
-//! errors carry their SQLSTATE.
+//! statements go to the [`Engine`], rows come back as Arrow batches encoded by `arrow-pg` (text
+//! columns of floats and timestamps first spelled as PostgreSQL does, see [`crate::pgtext`]),
+//! and errors carry their SQLSTATE.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -52,6 +53,7 @@ impl Handler {
                 let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, None)?);
                 let mut rows = Vec::new();
                 for b in batches {
+                    let b = crate::pgtext::postgres_text(b, &fields).map_err(|e| PgWireError::ApiError(Box::new(e)))?;
                     rows.extend(encode_recordbatch(fields.clone(), b));
                 }
                 Response::Query(QueryResponse::new(fields, stream::iter(rows)))

@@ -14,6 +14,7 @@ pub mod copy;
 pub mod engine;
 pub mod errors;
 pub mod handler;
+pub mod pgtext;
 pub mod provider;
 
 use std::sync::Arc;
