@@ -15,6 +15,7 @@ pub mod aggregate;
 pub mod error;
 pub mod filter;
 pub mod graph;
+pub(crate) mod groups;
 pub mod job;
 pub mod join;
 pub mod materialize;

@@ -1,7 +1,7 @@
 //! Window aggregation over a window TVF (Flink's WindowAggregate), vectorized.
 //!
-//! Each open window (keyed by `window_end`, ms since the epoch) holds a DataFusion
-//! [`GroupValues`] table that interns the group columns of whole batches at once into dense
+//! Each open window (keyed by `window_end`, ms since the epoch) holds a group table
+//! ([`crate::groups`]): DataFusion's `GroupValues` interns the group columns of whole batches at once into dense
 //! group ids, and one typed vector per aggregate indexed by group id (sums, counts, multisets
 //! for MIN/MAX/COUNT(DISTINCT)). A batch is split by `window_end` (usually one or two windows
 //! per batch), each part is interned, and the accumulators are updated in tight loops over the
@@ -23,354 +23,23 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array, RecordBatch, UInt32Array};
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
 use arrow::compute::{cast, concat_batches, filter_record_batch, take};
-use arrow::datatypes::{DataType, Decimal128Type, Field, Float64Type, Int64Type, Schema, SchemaRef};
+use arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::logical_expr::EmitTo;
-use datafusion::physical_plan::aggregates::group_values::{new_group_values, GroupValues};
+use datafusion::physical_plan::aggregates::group_values::new_group_values;
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
-use sluice_catalog::dataflow::{AggCall, AggKind, ExprRef};
+use sluice_catalog::dataflow::{AggCall, ExprRef};
 use sluice_catalog::ChangeBatch;
 use sluice_connectors::log::{decode_batch, encode_batch};
 
 use crate::aggregate::{agg_specs, eval_args, AggSpec};
 use crate::error::{ExecError, Result};
 use crate::operator::Operator;
-use crate::rows::{decode_optional, eval, expr_types};
+use crate::groups::{put_bytes, GroupTable, Reader};
+use crate::rows::{eval, expr_types};
 use crate::source::to_millis;
 use crate::state::{DeltaLog, StateReader, StateWriter};
-
-/// A multiset of row-encoded values with positive multiplicities (MIN, MAX, COUNT(DISTINCT)).
-/// Most groups hold one distinct value, kept inline.
-#[derive(Debug, Clone, Default)]
-enum MultiSet {
-    #[default]
-    Empty,
-    One(Vec<u8>, i64),
-    Many(BTreeMap<Vec<u8>, i64>),
-}
-
-impl MultiSet {
-    /// Adds `w` occurrences of `v` (removes for negative `w`; removing an absent value does
-    /// nothing).
-    fn add(&mut self, v: &[u8], w: i64) {
-        match self {
-            MultiSet::Empty => {
-                if w > 0 {
-                    *self = MultiSet::One(v.to_vec(), w);
-                }
-            }
-            MultiSet::One(x, c) if x.as_slice() == v => {
-                *c += w;
-                if *c <= 0 {
-                    *self = MultiSet::Empty;
-                }
-            }
-            MultiSet::One(x, c) => {
-                if w > 0 {
-                    let mut m = BTreeMap::new();
-                    m.insert(std::mem::take(x), *c);
-                    m.insert(v.to_vec(), w);
-                    *self = MultiSet::Many(m);
-                }
-            }
-            MultiSet::Many(m) => match m.get_mut(v) {
-                Some(c) => {
-                    *c += w;
-                    if *c <= 0 {
-                        m.remove(v);
-                    }
-                }
-                None if w > 0 => {
-                    m.insert(v.to_vec(), w);
-                }
-                None => {}
-            },
-        }
-    }
-
-    fn min(&self) -> Option<&[u8]> {
-        match self {
-            MultiSet::Empty => None,
-            MultiSet::One(x, _) => Some(x),
-            MultiSet::Many(m) => m.keys().next().map(|k| k.as_slice()),
-        }
-    }
-
-    fn max(&self) -> Option<&[u8]> {
-        match self {
-            MultiSet::Empty => None,
-            MultiSet::One(x, _) => Some(x),
-            MultiSet::Many(m) => m.keys().next_back().map(|k| k.as_slice()),
-        }
-    }
-
-    fn distinct(&self) -> usize {
-        match self {
-            MultiSet::Empty => 0,
-            MultiSet::One(..) => 1,
-            MultiSet::Many(m) => m.len(),
-        }
-    }
-
-    fn entries(&self) -> Vec<(&[u8], i64)> {
-        match self {
-            MultiSet::Empty => vec![],
-            MultiSet::One(x, c) => vec![(x.as_slice(), *c)],
-            MultiSet::Many(m) => m.iter().map(|(k, c)| (k.as_slice(), *c)).collect(),
-        }
-    }
-}
-
-/// One aggregate's accumulators, indexed by group id.
-enum AccCol {
-    Count(Vec<i64>),
-    /// SUM over floats and AVG: sum and count of non-null values.
-    Float { sum: Vec<f64>, n: Vec<i64> },
-    /// SUM over integers and decimals (unscaled).
-    Int { sum: Vec<i128>, n: Vec<i64> },
-    Values(Vec<MultiSet>),
-}
-
-impl AccCol {
-    fn new(spec: &AggSpec) -> AccCol {
-        match spec.kind {
-            AggKind::Count => AccCol::Count(Vec::new()),
-            AggKind::Sum if spec.acc_type != Some(DataType::Float64) => AccCol::Int { sum: Vec::new(), n: Vec::new() },
-            AggKind::Sum | AggKind::Avg => AccCol::Float { sum: Vec::new(), n: Vec::new() },
-            AggKind::Min | AggKind::Max | AggKind::CountDistinct => AccCol::Values(Vec::new()),
-        }
-    }
-
-    fn resize(&mut self, len: usize) {
-        match self {
-            AccCol::Count(c) => c.resize(len, 0),
-            AccCol::Float { sum, n } => {
-                sum.resize(len, 0.0);
-                n.resize(len, 0);
-            }
-            AccCol::Int { sum, n } => {
-                sum.resize(len, 0);
-                n.resize(len, 0);
-            }
-            AccCol::Values(v) => v.resize(len, MultiSet::Empty),
-        }
-    }
-}
-
-/// The weight of row `j`: +1 unless `weights` says otherwise.
-#[inline]
-fn weight(weights: Option<&[i64]>, j: usize) -> i64 {
-    weights.map_or(1, |w| w[j])
-}
-
-/// Adds one part's argument values into `acc` for the rows' group ids.
-fn accumulate(acc: &mut AccCol, spec: &AggSpec, arg: Option<&ArrayRef>, gids: &[usize], weights: Option<&[i64]>) -> Result<()> {
-    let valid = |j: usize| arg.is_none_or(|a| a.is_valid(j));
-    match acc {
-        AccCol::Count(c) => {
-            if arg.is_none_or(|a| a.null_count() == 0) && weights.is_none() {
-                for g in gids {
-                    c[*g] += 1;
-                }
-            } else {
-                for (j, g) in gids.iter().enumerate() {
-                    if valid(j) {
-                        c[*g] += weight(weights, j);
-                    }
-                }
-            }
-        }
-        AccCol::Float { sum, n } => {
-            let a = arg.ok_or_else(|| ExecError::Unsupported("SUM/AVG need an argument".into()))?;
-            let v = a.as_primitive::<Float64Type>();
-            if v.null_count() == 0 && weights.is_none() {
-                for (x, g) in v.values().iter().zip(gids) {
-                    sum[*g] += *x;
-                    n[*g] += 1;
-                }
-            } else {
-                for (j, g) in gids.iter().enumerate() {
-                    if v.is_valid(j) {
-                        let w = weight(weights, j);
-                        sum[*g] += v.value(j) * w as f64;
-                        n[*g] += w;
-                    }
-                }
-            }
-        }
-        AccCol::Int { sum, n } => {
-            let a = arg.ok_or_else(|| ExecError::Unsupported("SUM needs an argument".into()))?;
-            let value: Box<dyn Fn(usize) -> i128> = match a.data_type() {
-                DataType::Decimal128(_, _) => {
-                    let d = a.as_primitive::<Decimal128Type>();
-                    Box::new(move |j| d.value(j))
-                }
-                _ => {
-                    let d = a.as_primitive::<Int64Type>();
-                    Box::new(move |j| d.value(j) as i128)
-                }
-            };
-            for (j, g) in gids.iter().enumerate() {
-                if a.is_valid(j) {
-                    let w = weight(weights, j);
-                    sum[*g] += value(j) * w as i128;
-                    n[*g] += w;
-                }
-            }
-        }
-        AccCol::Values(sets) => {
-            let a = arg.ok_or_else(|| ExecError::Unsupported("MIN/MAX need an argument".into()))?;
-            let (conv, _) = spec.conv.as_ref().ok_or_else(|| ExecError::Unsupported("MIN/MAX without encoding".into()))?;
-            let enc = conv.convert_columns(std::slice::from_ref(a))?;
-            for (j, g) in gids.iter().enumerate() {
-                if a.is_valid(j) {
-                    sets[*g].add(enc.row(j).data(), weight(weights, j));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// One open window's groups.
-struct Window {
-    groups: Box<dyn GroupValues>,
-    /// Multiplicity of each group (rows in minus rows retracted).
-    rows: Vec<i64>,
-    accs: Vec<AccCol>,
-    /// Groups changed since the last checkpoint, each listed once.
-    dirty: Vec<u32>,
-    is_dirty: Vec<bool>,
-    /// Key columns of the groups created since the last checkpoint, in id order.
-    new_keys: Vec<RecordBatch>,
-}
-
-impl Window {
-    fn new(key_schema: &SchemaRef, specs: &[AggSpec]) -> Result<Window> {
-        Ok(Window {
-            groups: new_group_values(key_schema.clone(), &GroupOrdering::None)?,
-            rows: Vec::new(),
-            accs: specs.iter().map(AccCol::new).collect(),
-            dirty: Vec::new(),
-            is_dirty: Vec::new(),
-            new_keys: Vec::new(),
-        })
-    }
-
-    /// Interns `keys` (columns of `key_schema`), growing the accumulators for new groups and,
-    /// when `track`, remembering new groups' keys for the next checkpoint.
-    fn intern(&mut self, key_schema: &SchemaRef, keys: &[ArrayRef], gids: &mut Vec<usize>, track: bool) -> Result<()> {
-        let before = self.groups.len();
-        self.groups.intern(keys, gids)?;
-        let after = self.groups.len();
-        if after > before {
-            if track {
-                // Ids are handed out in row order: a new group's first row is where the id
-                // equals the next unseen one.
-                let mut next = before;
-                let mut first = Vec::with_capacity(after - before);
-                for (j, g) in gids.iter().enumerate() {
-                    if *g == next {
-                        first.push(j as u32);
-                        next += 1;
-                    }
-                }
-                let idx = UInt32Array::from(first);
-                let cols = keys.iter().map(|c| Ok(take(c.as_ref(), &idx, None)?)).collect::<Result<Vec<_>>>()?;
-                self.new_keys.push(RecordBatch::try_new(key_schema.clone(), cols)?);
-            }
-            self.rows.resize(after, 0);
-            self.is_dirty.resize(after, false);
-            for a in &mut self.accs {
-                a.resize(after);
-            }
-        }
-        Ok(())
-    }
-
-    /// Accumulator state of group `g`: rows (i64 LE), then per aggregate its fields.
-    fn encode_group(&self, g: usize, buf: &mut Vec<u8>) {
-        buf.extend_from_slice(&self.rows[g].to_le_bytes());
-        for a in &self.accs {
-            match a {
-                AccCol::Count(c) => buf.extend_from_slice(&c[g].to_le_bytes()),
-                AccCol::Float { sum, n } => {
-                    buf.extend_from_slice(&sum[g].to_le_bytes());
-                    buf.extend_from_slice(&n[g].to_le_bytes());
-                }
-                AccCol::Int { sum, n } => {
-                    buf.extend_from_slice(&sum[g].to_le_bytes());
-                    buf.extend_from_slice(&n[g].to_le_bytes());
-                }
-                AccCol::Values(v) => {
-                    let e = v[g].entries();
-                    buf.extend_from_slice(&(e.len() as u32).to_le_bytes());
-                    for (x, c) in e {
-                        buf.extend_from_slice(&(x.len() as u32).to_le_bytes());
-                        buf.extend_from_slice(x);
-                        buf.extend_from_slice(&c.to_le_bytes());
-                    }
-                }
-            }
-        }
-    }
-
-    fn decode_group(&mut self, g: usize, r: &mut Reader<'_>) -> Result<()> {
-        self.rows[g] = r.i64()?;
-        for a in &mut self.accs {
-            match a {
-                AccCol::Count(c) => c[g] = r.i64()?,
-                AccCol::Float { sum, n } => {
-                    sum[g] = f64::from_le_bytes(r.take(8)?.try_into().unwrap());
-                    n[g] = r.i64()?;
-                }
-                AccCol::Int { sum, n } => {
-                    sum[g] = i128::from_le_bytes(r.take(16)?.try_into().unwrap());
-                    n[g] = r.i64()?;
-                }
-                AccCol::Values(v) => {
-                    let len = r.u32()?;
-                    let mut set = MultiSet::Empty;
-                    for _ in 0..len {
-                        let x = r.bytes()?;
-                        set.add(x, r.i64()?);
-                    }
-                    v[g] = set;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-struct Reader<'a> {
-    b: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let s = self.b.get(self.pos..self.pos + n).ok_or_else(|| ExecError::CorruptState("short window state".into()))?;
-        self.pos += n;
-        Ok(s)
-    }
-    fn i64(&mut self) -> Result<i64> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into().unwrap()))
-    }
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
-    }
-    fn bytes(&mut self) -> Result<&'a [u8]> {
-        let n = self.u32()? as usize;
-        self.take(n)
-    }
-}
-
-fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
-    buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
-    buf.extend_from_slice(b);
-}
 
 /// See the module docs.
 pub struct WindowAggregateOp {
@@ -380,7 +49,7 @@ pub struct WindowAggregateOp {
     aggs: Vec<AggSpec>,
     window_end_index: usize,
     schema: SchemaRef,
-    windows: BTreeMap<i64, Window>,
+    windows: BTreeMap<i64, GroupTable>,
     /// Windows emitted since the last checkpoint.
     fired: Vec<i64>,
     log: DeltaLog,
@@ -430,67 +99,27 @@ impl WindowAggregateOp {
     fn update(&mut self, we: i64, keys: &[ArrayRef], args: &[Option<ArrayRef>], weights: Option<&[i64]>) -> Result<()> {
         let w = match self.windows.entry(we) {
             std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::btree_map::Entry::Vacant(v) => v.insert(Window::new(&self.key_schema, &self.aggs)?),
+            std::collections::btree_map::Entry::Vacant(v) => v.insert(GroupTable::new(&self.key_schema, &self.aggs)?),
         };
-        let gids = &mut self.gids;
-        w.intern(&self.key_schema, keys, gids, true)?;
-        for (j, g) in gids.iter().enumerate() {
-            w.rows[*g] += weight(weights, j);
-            if !w.is_dirty[*g] {
-                w.is_dirty[*g] = true;
-                w.dirty.push(*g as u32);
-            }
-        }
-        for ((acc, spec), arg) in w.accs.iter_mut().zip(&self.aggs).zip(args) {
-            accumulate(acc, spec, arg.as_ref(), gids, weights)?;
-        }
-        Ok(())
+        w.intern(&self.key_schema, keys, &mut self.gids, true)?;
+        w.update(&self.aggs, &self.gids, args, weights)
     }
 
     /// The window's result rows: every group with a positive row count.
-    fn emit(&self, mut w: Window) -> Result<Option<RecordBatch>> {
-        let keys = w.groups.emit(EmitTo::All)?;
-        let n = w.rows.len();
-        let mut cols = keys;
-        for (spec, acc) in self.aggs.iter().zip(&w.accs) {
-            let col: ArrayRef = match acc {
-                AccCol::Count(c) => Arc::new(Int64Array::from(c.clone())),
-                AccCol::Float { sum, n: cnt } => {
-                    let avg = spec.kind == AggKind::Avg;
-                    Arc::new(Float64Array::from_iter(
-                        sum.iter().zip(cnt).map(|(s, c)| (*c != 0).then(|| if avg { *s / *c as f64 } else { *s })),
-                    ))
-                }
-                AccCol::Int { sum, n: cnt } => match &spec.acc_type {
-                    Some(DataType::Decimal128(p, s)) => Arc::new(
-                        Decimal128Array::from_iter(sum.iter().zip(cnt).map(|(v, c)| (*c != 0).then_some(*v)))
-                            .with_precision_and_scale(*p, *s)?,
-                    ),
-                    _ => Arc::new(Int64Array::from_iter(sum.iter().zip(cnt).map(|(v, c)| (*c != 0).then_some(*v as i64)))),
-                },
-                AccCol::Values(sets) => match spec.kind {
-                    AggKind::CountDistinct => Arc::new(Int64Array::from_iter_values(sets.iter().map(|s| s.distinct() as i64))),
-                    kind => {
-                        let (conv, t) = spec.conv.as_ref().ok_or_else(|| ExecError::Unsupported("MIN/MAX without encoding".into()))?;
-                        let picked: Vec<Option<&[u8]>> =
-                            sets.iter().map(|s| if kind == AggKind::Min { s.min() } else { s.max() }).collect();
-                        decode_optional(conv, std::slice::from_ref(t), &picked)?.remove(0)
-                    }
-                },
-            };
-            cols.push(col);
+    fn emit(&self, mut w: GroupTable) -> Result<Option<RecordBatch>> {
+        let live = w.rows.iter().filter(|r| **r > 0).count();
+        if live == 0 {
+            return Ok(None);
         }
+        let mut cols = w.groups.emit(EmitTo::All)?;
+        cols.extend(w.agg_columns(&self.aggs, None)?);
         let cols = cols
             .into_iter()
             .zip(self.schema.fields())
             .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { cast(&c, f.data_type()) })
             .collect::<Result<Vec<_>, _>>()?;
         let batch = RecordBatch::try_new(self.schema.clone(), cols)?;
-        let live = w.rows.iter().filter(|r| **r > 0).count();
-        if live == 0 {
-            return Ok(None);
-        }
-        if live == n {
+        if live == w.len() {
             return Ok(Some(batch));
         }
         Ok(Some(filter_record_batch(&batch, &BooleanArray::from_iter(w.rows.iter().map(|r| Some(*r > 0))))?))
@@ -601,13 +230,8 @@ impl Operator for WindowAggregateOp {
         let mut snap_err = None;
         self.log.commit(wr, &delta, |snap| {
             for (we, w) in windows.iter_mut() {
-                // Reading a group table empties it: emit the keys, then intern them into a
-                // fresh table, which gives them the same ids.
                 let res = (|| -> Result<()> {
-                    let keys = w.groups.emit(EmitTo::All)?;
-                    w.groups = new_group_values(key_schema.clone(), &GroupOrdering::None)?;
-                    let mut gids = Vec::new();
-                    w.groups.intern(&keys, &mut gids)?;
+                    let keys = w.keys(key_schema)?;
                     let batch = RecordBatch::try_new(key_schema.clone(), keys)?;
                     let buf = snap.buf();
                     buf.push(0);
@@ -642,7 +266,7 @@ impl Operator for WindowAggregateOp {
                         let keys = decode_batch(rd.bytes()?)?;
                         let w = match windows.entry(we) {
                             std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                            std::collections::btree_map::Entry::Vacant(e) => e.insert(Window::new(key_schema, aggs)?),
+                            std::collections::btree_map::Entry::Vacant(e) => e.insert(GroupTable::new(key_schema, aggs)?),
                         };
                         w.intern(key_schema, keys.columns(), gids, false)?;
                     }
@@ -675,8 +299,10 @@ impl Operator for WindowAggregateOp {
 #[cfg(test)]
 mod tests {
     use arrow::array::{Float64Array, Int64Array, StringArray};
+    use arrow::datatypes::DataType;
     use datafusion::physical_expr::expressions::Column;
     use rocksdb::WriteBatch;
+    use sluice_catalog::dataflow::AggKind;
     use sluice_catalog::{Op, Store};
 
     use super::*;

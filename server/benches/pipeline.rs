@@ -5,7 +5,8 @@
 //!    `SLUICE_BENCH_TX` (default 5 000 000) transactions already in the embedded topic:
 //!    transactions/s end to end, time to `FLUSH`, peak RSS of the daemon;
 //! 3. the same join + window fed by `datagen` into `blackhole`, so the identical SQL can be
-//!    timed on Flink: events/s.
+//!    timed on Flink: events/s;
+//! 4. a non-windowed `GROUP BY` (an updating result) fed by `datagen` into `blackhole`.
 //!
 //! `cargo bench -p sluice-server --bench pipeline`
 
@@ -156,6 +157,15 @@ fn main() {
         c.batch_execute("FLUSH").await.unwrap();
         let secs = t.elapsed().as_secs_f64();
         println!("datagen -> join + TUMBLE + SUM + HAVING -> blackhole: {:.0} events/s ({total} events)", total as f64 / secs);
+        // 4. datagen -> non-windowed GROUP BY (an updating result) -> blackhole.
+        c.batch_execute("CREATE TABLE gen_group_out (user_id BIGINT, total DOUBLE, n BIGINT, PRIMARY KEY (user_id) NOT ENFORCED) WITH ('connector' = 'blackhole')")
+            .await
+            .unwrap();
+        let t = Instant::now();
+        c.batch_execute("INSERT INTO gen_group_out SELECT user_id, SUM(amount), COUNT(*) FROM gen_tx GROUP BY user_id").await.unwrap();
+        c.batch_execute("FLUSH").await.unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        println!("datagen -> GROUP BY user_id ({customers} groups, updating) -> blackhole: {:.0} events/s ({total} events)", total as f64 / secs);
         println!("daemon peak RSS after all runs: {:.0} MiB", peak_rss_mib(server.pid()));
     });
     drop(server);
