@@ -5,8 +5,10 @@
 //! Rows whose key has a NULL never match (SQL equality).
 //!
 //! State per side is columnar: the input batches themselves are kept as chunks (Arrow arrays,
-//! shared with the batch, no per-row copy), with a live flag per row, and an index from the
-//! join key (Arrow row encoding) to the live rows holding it. A batch is processed in three
+//! shared with the batch, no per-row copy), with a live flag per row, and a hash index from the
+//! join key (Arrow row encoding, inline when short) to the newest live row holding it; older
+//! rows with the same key are chained through a per-chunk `next` array, as in a classic hash
+//! join table, so adding a row is one lookup and one sequential write. A batch is processed in three
 //! vectorized steps: its keys are row-encoded at once, each row probes the other side's index
 //! (one hash lookup) and records which output rows it produces as index pairs, and the output
 //! columns are gathered with Arrow's `take` (this side) and `interleave` (the other side's
@@ -49,11 +51,74 @@ struct RowRef {
     row: u32,
 }
 
+/// The end of a key's chain of rows.
+const NONE: RowRef = RowRef { chunk: u32::MAX, row: u32::MAX };
+
+/// A join key's row encoding, inline when short (a BIGINT key is 9 bytes), so that a probe
+/// compares bytes inside the hash table rather than behind a pointer.
+#[derive(Debug, Clone)]
+enum Key {
+    Inline { len: u8, bytes: [u8; 22] },
+    Heap(Box<[u8]>),
+}
+
+impl Key {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, bytes } => &bytes[..*len as usize],
+            Key::Heap(b) => b,
+        }
+    }
+}
+
+impl From<&[u8]> for Key {
+    fn from(b: &[u8]) -> Key {
+        if b.len() <= 22 {
+            let mut bytes = [0u8; 22];
+            bytes[..b.len()].copy_from_slice(b);
+            Key::Inline { len: b.len() as u8, bytes }
+        } else {
+            Key::Heap(b.into())
+        }
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `[u8]` hashes, so that lookups by `&[u8]` find the key.
+        self.as_slice().hash(state)
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+/// A key's live rows: the most recently added one and how many there are. The rest of the
+/// chain runs through each chunk's `next`.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    first: RowRef,
+    count: u32,
+}
+
 /// A batch of stored rows.
 struct Chunk {
     data: RecordBatch,
     /// Whether each row is still in the state.
     live: Vec<bool>,
+    /// The next (older) row with the same key, or [`NONE`].
+    next: Vec<RowRef>,
     /// Whole-row hashes, computed when a retraction first looks into this chunk.
     hashes: Option<Vec<u64>>,
 }
@@ -62,8 +127,8 @@ struct Chunk {
 #[derive(Default)]
 struct Side {
     chunks: Vec<Chunk>,
-    /// Join key (row-encoded) -> live rows with that key.
-    index: HashMap<Vec<u8>, Vec<RowRef>>,
+    /// Join key (row-encoded) -> the chain of live rows with that key.
+    index: HashMap<Key, Head>,
     live: usize,
     dead: usize,
     /// Batches of rows added this epoch.
@@ -86,39 +151,77 @@ fn hash_rows(cols: &[ArrayRef], n: usize) -> Result<Vec<u64>> {
 impl Side {
     /// Adds every row of `data` (all with non-null keys `keys`), as a restore does.
     fn add_all(&mut self, data: RecordBatch, keys: &Rows) {
+        let n = data.num_rows();
         let chunk = self.chunks.len() as u32;
-        for i in 0..data.num_rows() {
-            self.index.entry_ref(keys.row(i).data()).or_default().push(RowRef { chunk, row: i as u32 });
+        self.chunks.push(Chunk { live: vec![true; n], next: vec![NONE; n], data, hashes: None });
+        for i in 0..n {
+            self.link(keys.row(i).data(), RowRef { chunk, row: i as u32 });
         }
-        self.live += data.num_rows();
-        self.chunks.push(Chunk { live: vec![true; data.num_rows()], data, hashes: None });
+        self.live += n;
+    }
+
+    /// Puts row `r` (in an existing chunk) at the head of `key`'s chain.
+    #[inline]
+    fn link(&mut self, key: &[u8], r: RowRef) {
+        match self.index.get_mut(key) {
+            Some(h) => {
+                self.chunks[r.chunk as usize].next[r.row as usize] = h.first;
+                h.first = r;
+                h.count += 1;
+            }
+            None => {
+                self.index.insert(Key::from(key), Head { first: r, count: 1 });
+            }
+        }
+    }
+
+    /// The live rows with `key`, newest first.
+    fn rows<'a>(&'a self, head: Option<Head>) -> impl Iterator<Item = RowRef> + 'a {
+        let mut cur = head.map_or(NONE, |h| h.first);
+        std::iter::from_fn(move || {
+            if cur == NONE {
+                return None;
+            }
+            let r = cur;
+            cur = self.chunks[r.chunk as usize].next[r.row as usize];
+            Some(r)
+        })
     }
 
     /// Removes one live row equal to `row` (its encoding, whole-row `hash`) under `key`;
     /// false when there is none.
     fn remove(&mut self, key: &[u8], row: &[u8], hash: u64, conv: &RowConverter) -> Result<bool> {
-        let Some(refs) = self.index.get_mut(key) else { return Ok(false) };
-        let mut found = None;
-        for (pos, r) in refs.iter().enumerate() {
-            let chunk = &mut self.chunks[r.chunk as usize];
+        let Some(head) = self.index.get(key).copied() else { return Ok(false) };
+        let (mut prev, mut cur) = (NONE, head.first);
+        while cur != NONE {
+            let chunk = &mut self.chunks[cur.chunk as usize];
+            let next = chunk.next[cur.row as usize];
             if chunk.hashes.is_none() {
                 chunk.hashes = Some(hash_rows(chunk.data.columns(), chunk.data.num_rows())?);
             }
-            if chunk.hashes.as_ref().map(|h| h[r.row as usize]) != Some(hash) {
-                continue;
-            }
-            let one = chunk.data.slice(r.row as usize, 1);
-            if conv.convert_columns(one.columns())?.row(0).data() == row {
-                found = Some(pos);
+            if chunk.hashes.as_ref().map(|h| h[cur.row as usize]) == Some(hash)
+                && conv.convert_columns(chunk.data.slice(cur.row as usize, 1).columns())?.row(0).data() == row
+            {
                 break;
             }
+            (prev, cur) = (cur, next);
         }
-        let Some(pos) = found else { return Ok(false) };
-        let r = refs.swap_remove(pos);
-        if refs.is_empty() {
+        if cur == NONE {
+            return Ok(false);
+        }
+        let next = self.chunks[cur.chunk as usize].next[cur.row as usize];
+        if head.count == 1 {
             self.index.remove(key);
+        } else {
+            let h = self.index.get_mut(key).ok_or_else(bad_state)?;
+            h.count -= 1;
+            if prev == NONE {
+                h.first = next;
+            } else {
+                self.chunks[prev.chunk as usize].next[prev.row as usize] = next;
+            }
         }
-        self.chunks[r.chunk as usize].live[r.row as usize] = false;
+        self.chunks[cur.chunk as usize].live[cur.row as usize] = false;
         self.live -= 1;
         self.dead += 1;
         Ok(true)
@@ -126,7 +229,7 @@ impl Side {
 
     /// Number of live rows with `key`.
     fn count(&self, key: &[u8]) -> usize {
-        self.index.get(key).map_or(0, |v| v.len())
+        self.index.get(key).map_or(0, |h| h.count as usize)
     }
 
     /// Every live row, as batches.
@@ -312,7 +415,7 @@ impl Operator for JoinOp {
         let (outer_this, outer_other) = (outer[side], outer[other_side]);
         let null_other = (other.chunks.len(), 0);
         let chunk_id = this.chunks.len() as u32;
-        this.chunks.push(Chunk { data: batch.data.clone(), live: vec![false; n], hashes: None });
+        this.chunks.push(Chunk { data: batch.data.clone(), live: vec![false; n], next: vec![NONE; n], hashes: None });
         let mut added = vec![false; n];
         let mut n_added = 0;
         let mut out = Out { ops: Vec::with_capacity(n), this: Vec::with_capacity(n), other: Vec::with_capacity(n) };
@@ -325,25 +428,26 @@ impl Operator for JoinOp {
                 continue;
             }
             let key = keys.row(i).data();
-            let matches: &[RowRef] = other.index.get(key).map_or(&[], |v| v.as_slice());
+            let head = other.index.get(key).copied();
+            let matched = head.is_some();
             // The other side's NULL-padded rows exist exactly while this side has no row with
             // the key: the first insertion retracts them, the last retraction restores them.
             if op.is_insertion() {
-                if outer_other && !matches.is_empty() && this.count(key) == 0 {
-                    for m in matches {
+                if outer_other && matched && this.count(key) == 0 {
+                    for m in other.rows(head) {
                         out.push(Op::Delete, None, (m.chunk as usize, m.row as usize));
                     }
                 }
-                if matches.is_empty() {
+                if !matched {
                     if outer_this {
                         out.push(op, Some(i as u32), null_other);
                     }
                 } else {
-                    for m in matches {
+                    for m in other.rows(head) {
                         out.push(op, Some(i as u32), (m.chunk as usize, m.row as usize));
                     }
                 }
-                this.index.entry_ref(key).or_default().push(RowRef { chunk: chunk_id, row: i as u32 });
+                this.link(key, RowRef { chunk: chunk_id, row: i as u32 });
                 this.chunks[chunk_id as usize].live[i] = true;
                 this.live += 1;
                 added[i] = true;
@@ -355,17 +459,17 @@ impl Operator for JoinOp {
                     continue;
                 }
                 this.removed.push((key.to_vec(), row.data().to_vec()));
-                if matches.is_empty() {
+                if !matched {
                     if outer_this {
                         out.push(op, Some(i as u32), null_other);
                     }
                 } else {
-                    for m in matches {
+                    for m in other.rows(head) {
                         out.push(op, Some(i as u32), (m.chunk as usize, m.row as usize));
                     }
                 }
-                if outer_other && !matches.is_empty() && this.count(key) == 0 {
-                    for m in matches {
+                if outer_other && matched && this.count(key) == 0 {
+                    for m in other.rows(head) {
                         out.push(Op::Insert, None, (m.chunk as usize, m.row as usize));
                     }
                 }
