@@ -138,11 +138,51 @@ fn partitions_option(r: &mut OptionReader<'_>) -> Result<u32> {
     }
 }
 
+/// The source option that lets a partition without data stop holding the watermark back
+/// (Flink's `scan.watermark.idle-timeout`, FLIP-296; the session-wide equivalent is
+/// `table.exec.source.idle-timeout`).
+pub const WATERMARK_IDLE_TIMEOUT: &str = "scan.watermark.idle-timeout";
+
+/// Parses a duration as Flink writes them (`TimeUtils.parseDuration`): a number and a unit,
+/// `ms`, `s`, `min`, `h` or `d` (or their long forms, `500 ms`, `5 s`, `1 min`); a bare number
+/// is milliseconds.
+///
+/// Errors: [`ConnectorError::InvalidOption`] naming `key` when `v` is not such a duration.
+pub fn parse_duration(key: &str, v: &str) -> Result<std::time::Duration> {
+    let bad = || ConnectorError::InvalidOption(format!("option '{key}' must be a duration such as '500 ms', '5 s' or '1 min', got '{v}'"));
+    let t = v.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t[..split].parse().map_err(|_| bad())?;
+    let ms_per = match t[split..].trim().to_ascii_lowercase().as_str() {
+        "" | "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => 1,
+        "s" | "sec" | "secs" | "second" | "seconds" => 1_000,
+        "m" | "min" | "minute" | "minutes" => 60_000,
+        "h" | "hour" | "hours" => 3_600_000,
+        "d" | "day" | "days" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    Ok(std::time::Duration::from_millis(n.checked_mul(ms_per).ok_or_else(bad)?))
+}
+
+/// The table's watermark idle timeout ([`WATERMARK_IDLE_TIMEOUT`]), if set.
+///
+/// Errors: [`ConnectorError::InvalidOption`] for a value that is not a duration.
+pub fn watermark_idle_timeout(options: &BTreeMap<String, String>) -> Result<Option<std::time::Duration>> {
+    options.get(WATERMARK_IDLE_TIMEOUT).map(|v| parse_duration(WATERMARK_IDLE_TIMEOUT, v)).transpose()
+}
+
 /// Parses a table's options.
 ///
 /// Errors: [`ConnectorError::InvalidOption`] for an unknown connector, an unknown key or a bad
 /// value, naming the key.
 pub fn parse_table_options(options: &BTreeMap<String, String>) -> Result<TableConnector> {
+    if options.contains_key(WATERMARK_IDLE_TIMEOUT) {
+        // Any source may carry it; the job reads it (see `watermark_idle_timeout`).
+        watermark_idle_timeout(options)?;
+        let mut rest = options.clone();
+        rest.remove(WATERMARK_IDLE_TIMEOUT);
+        return parse_table_options(&rest);
+    }
     match options.get("connector").map(|s| s.as_str()) {
         None => {
             let mut partitions = 1u32;

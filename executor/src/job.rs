@@ -25,7 +25,7 @@ use sluice_catalog::dataflow::DataflowPlan;
 use sluice_catalog::store::CF_STATE;
 use sluice_catalog::{ChangeBatch, Store};
 use sluice_connectors::datagen::DatagenOptions;
-use sluice_connectors::options::{parse_table_options, TableConnector};
+use sluice_connectors::options::{parse_table_options, watermark_idle_timeout, TableConnector};
 use sluice_connectors::TopicLog;
 
 use crate::error::{ExecError, Result};
@@ -102,6 +102,11 @@ struct SourceRt {
     schema: arrow::datatypes::SchemaRef,
     positions: Vec<u64>,
     watermarks: Vec<Option<i64>>,
+    /// `scan.watermark.idle-timeout`: a partition without data for this long stops holding
+    /// the source's watermark back.
+    idle_timeout: Option<Duration>,
+    /// When each partition last had data (the job's start for none yet).
+    last_data: Vec<Instant>,
 }
 
 enum SinkKind {
@@ -151,7 +156,9 @@ impl JobRuntime {
             };
             let positions = meta.positions.get(i).cloned().unwrap_or_else(|| vec![0; partitions]);
             let watermarks = meta.watermarks.get(i).cloned().unwrap_or_else(|| vec![None; partitions]);
-            let mut rt = SourceRt { kind, schema: s.physical_schema.clone(), positions, watermarks };
+            let idle_timeout = watermark_idle_timeout(&s.table.options)?;
+            let last_data = vec![Instant::now(); positions.len()];
+            let mut rt = SourceRt { kind, schema: s.physical_schema.clone(), positions, watermarks, idle_timeout, last_data };
             if let SourceKind::Datagen { base, .. } = &mut rt.kind {
                 *base = rt.positions[0];
             }
@@ -316,15 +323,29 @@ struct RunningJob {
 
 impl RunningJob {
     fn source_watermarks(&self) -> Vec<Option<i64>> {
+        let now = Instant::now();
         self.sources
             .iter()
             .map(|s| {
                 // Per-partition watermarks combine by minimum; a partition without one holds
-                // the source back.
-                if s.watermarks.iter().any(|w| w.is_none()) {
+                // the source back, unless it has been idle (no data) for the source's idle
+                // timeout. Once every partition is idle, the watermark is the one of the
+                // partitions that had data last, as it was when the others went idle (a
+                // watermark never goes back).
+                let idle = |t: &Instant| s.idle_timeout.is_some_and(|d| now.duration_since(*t) >= d);
+                let latest = s.last_data.iter().max().copied();
+                let all_idle = s.last_data.iter().all(idle);
+                let active: Vec<Option<i64>> = s
+                    .watermarks
+                    .iter()
+                    .zip(&s.last_data)
+                    .filter(|(_, t)| if all_idle { Some(**t) == latest } else { !idle(t) })
+                    .map(|(w, _)| *w)
+                    .collect();
+                if active.is_empty() || active.iter().any(|w| w.is_none()) {
                     None
                 } else {
-                    s.watermarks.iter().flatten().min().copied()
+                    active.iter().flatten().min().copied()
                 }
             })
             .collect()
@@ -397,6 +418,9 @@ impl RunningJob {
                         }
                     }
                 };
+                if !batches.is_empty() {
+                    self.sources[sid].last_data[p] = Instant::now();
+                }
                 for (next, batch) in batches {
                     progressed = true;
                     self.dirty = true;

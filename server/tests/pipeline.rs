@@ -281,8 +281,8 @@ fn watermark_is_the_minimum_over_partitions() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let c = rt.block_on(connect(server.port()));
     rt.block_on(async {
-        for (name, parts) in [("one", 1), ("two", 2)] {
-            exec(&c, &format!("CREATE TABLE ev_{name} (id BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts) WITH ('partitions' = '{parts}')")).await;
+        for (name, parts, idle) in [("one", 1, ""), ("two", 2, ""), ("idle", 2, ", 'scan.watermark.idle-timeout' = '300 ms'")] {
+            exec(&c, &format!("CREATE TABLE ev_{name} (id BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts) WITH ('partitions' = '{parts}'{idle})")).await;
             exec(&c, &format!("CREATE TABLE win_{name} (ws TIMESTAMP(3), n BIGINT)")).await;
             exec(&c, &format!("INSERT INTO win_{name} SELECT window_start, COUNT(*) FROM TABLE(TUMBLE(TABLE ev_{name}, DESCRIPTOR(ts), INTERVAL '1' HOUR)) GROUP BY window_start, window_end")).await;
             // 50 distinct rows in 10:00-10:59 spread over the partitions (rows hash by value).
@@ -294,6 +294,11 @@ fn watermark_is_the_minimum_over_partitions() {
         exec(&c, "FLUSH").await;
         assert_eq!(rows(&c, "SELECT n FROM win_one").await, vec![vec![Some("50".into())]]);
         assert!(rows(&c, "SELECT n FROM win_two").await.is_empty(), "the other partition holds the watermark back");
+        // With an idle timeout, the partition without new data stops holding it back.
+        common::services::eventually(20, "the idle partition releases the watermark", || async {
+            rows(&c, "SELECT n FROM win_idle").await == vec![vec![Some("50".to_string())]]
+        })
+        .await;
         // Rows in every partition past 11:00 close the window there too.
         let later: Vec<String> = (0..50).map(|i| format!("({}, TIMESTAMP '2024-01-01 12:00:00' + INTERVAL '{i}' SECOND)", 2000 + i)).collect();
         exec(&c, &format!("INSERT INTO ev_two VALUES {}", later.join(", "))).await;
