@@ -19,7 +19,7 @@
 //!
 //! A checkpoint writes the epoch's changes as one delta record (`d<seq>`), so the store sees one
 //! write per epoch rather than one per row, as a changelog state backend does: the batches of
-//! rows added (Arrow IPC) and the rows removed (key and row encodings). When the deltas outgrow
+//! rows added (each as Arrow IPC) and the rows removed (key and row encodings). When the deltas outgrow
 //! twice the last snapshot, a snapshot (`s<chunk>`) of every live row replaces them. A restore
 //! applies the snapshot, then the deltas in order.
 
@@ -520,9 +520,8 @@ impl Operator for JoinOp {
         let mut delta = Vec::new();
         for side in 0..2 {
             let s = &mut self.state[side];
-            let appended = std::mem::take(&mut s.appended);
-            if !appended.is_empty() {
-                encode_added(&mut delta, side, &concat_batches(&self.inputs[side], &appended)?)?;
+            for b in std::mem::take(&mut s.appended) {
+                encode_added(&mut delta, side, &b)?;
             }
             for (key, row) in std::mem::take(&mut s.removed) {
                 delta.push(1);
