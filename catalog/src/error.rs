@@ -12,6 +12,10 @@ pub enum CatalogError {
     /// The object is in use by something that depends on it (SQLSTATE 2BP01).
     #[error("{0}")]
     InUse(String),
+    /// A value does not fit its column's declared length, `VARCHAR(n)` or `CHAR(n)` (SQLSTATE
+    /// 22001, `string_data_right_truncation`); the message is PostgreSQL's.
+    #[error("{0}")]
+    ValueTooLong(String),
     /// RocksDB failed (I/O, corruption, lock held by another process).
     #[error("storage error: {0}")]
     Storage(#[from] rocksdb::Error),

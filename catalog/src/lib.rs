@@ -8,11 +8,13 @@
 //! - [`store`]: the persistent store under the data directory, one RocksDB instance whose column
 //!   families hold the catalog, the embedded topic logs and operator state, so one atomic write
 //!   batch can commit a checkpoint across all three.
+//! - [`failpoint`]: crash injection at commit boundaries (the `fail` crate).
 //! - [`error`]: the crate's error type.
 
 pub mod change;
 pub mod dataflow;
 pub mod error;
+pub mod failpoint;
 pub mod store;
 pub mod table;
 

@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use arrow::array::{Array, ArrayRef, AsArray, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
+use crate::change::ChangeBatch;
 use crate::error::{CatalogError, Result};
 
 /// One column of a table.
@@ -33,6 +35,31 @@ impl ColumnDef {
     pub fn arrow_type(&self) -> Result<DataType> {
         DataType::from_str(&self.data_type)
             .map_err(|e| CatalogError::Corrupt(format!("column {}: {e}", self.name)))
+    }
+
+    /// The declared length of a `VARCHAR(n)` or `CHAR(n)` column (also spelled
+    /// `CHARACTER VARYING(n)`, `CHARACTER(n)`): at most n characters, as PostgreSQL's
+    /// `character varying(n)`. Read from [`ColumnDef::sql_type`], which the planner writes as
+    /// `VARCHAR(3)`, so tables created before lengths were enforced are checked too. None for
+    /// other types, and for `VARCHAR`, `STRING` and `TEXT` without a length.
+    pub fn max_chars(&self) -> Option<usize> {
+        let (name, rest) = self.sql_type.split_once('(')?;
+        let name = name.trim().to_uppercase();
+        if !matches!(name.as_str(), "VARCHAR" | "CHAR" | "CHARACTER" | "CHARACTER VARYING") {
+            return None;
+        }
+        rest.strip_suffix(')')?.trim().parse().ok()
+    }
+
+    /// PostgreSQL's name of a length-limited character type, as its errors print it:
+    /// `character varying(3)`, `character(3)`.
+    fn character_type_name(&self, n: usize) -> String {
+        let name = self.sql_type.split('(').next().unwrap_or("").trim().to_uppercase();
+        if name == "CHAR" || name == "CHARACTER" {
+            format!("character({n})")
+        } else {
+            format!("character varying({n})")
+        }
     }
 }
 
@@ -110,6 +137,59 @@ impl TableDef {
     /// Index of a column by exact name.
     pub fn column_index(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// Applies the declared lengths of the `VARCHAR(n)` and `CHAR(n)` columns (see
+    /// [`ColumnDef::max_chars`]) to rows about to be written; `batch` is in the physical schema.
+    /// As in PostgreSQL, a value longer than n characters is an error unless the excess is all
+    /// spaces, which are cut off. Retractions (`-D`, `-U`) are not checked: they name rows that
+    /// are already stored.
+    ///
+    /// Errors: [`CatalogError::ValueTooLong`] (SQLSTATE 22001 at the server), and nothing of the
+    /// batch should be written then.
+    pub fn enforce_lengths(&self, batch: ChangeBatch) -> Result<ChangeBatch> {
+        let physical = self.columns.iter().filter(|c| c.computed.is_none());
+        let mut replaced: Option<Vec<ArrayRef>> = None;
+        for (i, c) in physical.enumerate() {
+            let Some(n) = c.max_chars() else { continue };
+            let Some(values) = batch.data.columns().get(i).and_then(|a| a.as_string_opt::<i32>()) else {
+                continue;
+            };
+            // A value of at most n bytes has at most n characters: the common case.
+            if values.value_data().len() <= n {
+                continue;
+            }
+            // The byte length each inserted value is cut to, when only spaces follow it.
+            let mut cuts: Vec<Option<usize>> = vec![None; values.len()];
+            let mut any_cut = false;
+            for (r, v) in values.iter().enumerate() {
+                let Some(s) = v.filter(|s| s.len() > n && batch.ops[r].is_insertion()) else { continue };
+                if let Some((end, _)) = s.char_indices().nth(n) {
+                    if s.as_bytes()[end..].iter().any(|b| *b != b' ') {
+                        return Err(CatalogError::ValueTooLong(format!(
+                            "value too long for type {} (column \"{}\" of table \"{}\")",
+                            c.character_type_name(n),
+                            c.name,
+                            self.name
+                        )));
+                    }
+                    cuts[r] = Some(end);
+                    any_cut = true;
+                }
+            }
+            if any_cut {
+                let cut: StringArray = values
+                    .iter()
+                    .zip(&cuts)
+                    .map(|(v, cut)| v.map(|s| cut.map_or(s, |end| &s[..end])))
+                    .collect();
+                replaced.get_or_insert_with(|| batch.data.columns().to_vec())[i] = Arc::new(cut);
+            }
+        }
+        match replaced {
+            None => Ok(batch),
+            Some(columns) => batch.with_columns(batch.schema(), columns),
+        }
     }
 
     /// The value of the `connector` option, if the table has one (`datagen`, `blackhole`, ...).
@@ -223,4 +303,52 @@ pub fn redact_text(text: &str, options: &BTreeMap<String, String>) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::Op;
+    use arrow::array::RecordBatch;
+
+    fn table() -> TableDef {
+        let col = |name: &str, sql_type: &str| ColumnDef {
+            name: name.into(),
+            data_type: DataType::Utf8.to_string(),
+            nullable: true,
+            computed: None,
+            sql_type: sql_type.into(),
+        };
+        TableDef {
+            name: "t".into(),
+            columns: vec![col("v", "VARCHAR(3)"), col("c", "CHARACTER(2)"), col("s", "STRING")],
+            primary_key: vec![],
+            watermark: None,
+            options: BTreeMap::new(),
+            create_sql: String::new(),
+            partitions: 1,
+        }
+    }
+
+    fn batch(v: &str, c: &str, op: Op) -> ChangeBatch {
+        let t = table();
+        let cols: Vec<ArrayRef> = [v, c, "long enough"].iter().map(|s| Arc::new(StringArray::from(vec![*s])) as ArrayRef).collect();
+        ChangeBatch::new(RecordBatch::try_new(t.physical_schema().unwrap(), cols).unwrap(), vec![op])
+    }
+
+    #[test]
+    fn declared_lengths_as_postgres() {
+        let t = table();
+        assert_eq!(t.columns[0].max_chars(), Some(3));
+        assert_eq!(t.columns[2].max_chars(), None);
+        assert_eq!(t.enforce_lengths(batch("äbc", "ab", Op::Insert)).unwrap().to_text(), "+I äbc ab long enough\n");
+        let e = t.enforce_lengths(batch("abcdef", "ab", Op::Insert)).unwrap_err();
+        assert!(e.to_string().starts_with("value too long for type character varying(3)"), "{e}");
+        let e = t.enforce_lengths(batch("a", "abc", Op::UpdateAfter)).unwrap_err();
+        assert!(e.to_string().starts_with("value too long for type character(2)"), "{e}");
+        // Trailing spaces beyond the length are cut, as PostgreSQL does.
+        assert_eq!(t.enforce_lengths(batch("ab    ", "x", Op::Insert)).unwrap().to_text(), "+I ab  x long enough\n");
+        // A retraction names a stored row: not checked.
+        assert!(t.enforce_lengths(batch("abcdef", "ab", Op::Delete)).is_ok());
+    }
 }

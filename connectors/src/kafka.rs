@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{Schema, SchemaRef};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -432,12 +432,29 @@ impl KafkaSource {
                     .collect();
                 let relaxed = value_decoder_relaxed(&self.schema);
                 let batch = RecordBatch::try_new(relaxed, cols).map_err(|e| Fatal(e.to_string()))?;
-                batches.push(ChangeBatch::new(batch, vec![op]));
+                let change = ChangeBatch::new(batch, vec![op]);
+                // A NULL in a NOT NULL column is a bad message like one that does not decode.
+                match not_null_violation(&self.schema, &change) {
+                    Some(e) => errors.push((i, e)),
+                    None => batches.push(change),
+                }
             }
         } else {
             let (rows, errs) = value_decoder.decode(&values).map_err(|e| Fatal(e.to_string()))?;
             errors.extend(errs.into_iter().map(|e| (e.index, e.message)));
-            if !rows.is_empty() {
+            if not_null_violation(&self.schema, &rows).is_some() {
+                // Rare: find the messages at fault one at a time; the others are kept.
+                let failed: std::collections::HashSet<usize> = errors.iter().map(|(i, _)| *i).collect();
+                for (i, v) in values.iter().enumerate().filter(|(i, _)| !failed.contains(i)) {
+                    let (one, _) = value_decoder.decode(&[*v]).map_err(|e| Fatal(e.to_string()))?;
+                    match not_null_violation(&self.schema, &one) {
+                        Some(e) => errors.push((i, e)),
+                        None if !one.is_empty() => batches.push(one),
+                        None => {}
+                    }
+                }
+                errors.sort_by_key(|(i, _)| *i);
+            } else if !rows.is_empty() {
                 batches.push(rows);
             }
         }
@@ -490,6 +507,26 @@ impl KafkaSource {
         *status.position.lock().unwrap() = pos.join(", ");
         Ok(())
     }
+}
+
+/// The message naming the first NOT NULL column of `schema` that a row of `change` leaves NULL
+/// (for deletions only the columns present in a tombstone's key matter, so only insertions
+/// and update-afters are checked), as PostgreSQL words it.
+fn not_null_violation(schema: &SchemaRef, change: &ChangeBatch) -> Option<String> {
+    let checked: Vec<usize> = (0..change.num_rows()).filter(|r| change.ops[*r].is_insertion()).collect();
+    if checked.is_empty() {
+        return None;
+    }
+    for (i, f) in schema.fields().iter().enumerate() {
+        if f.is_nullable() || i >= change.data.num_columns() {
+            continue;
+        }
+        let col = change.data.column(i);
+        if col.null_count() > 0 && checked.iter().any(|r| col.is_null(*r)) {
+            return Some(format!("null value in column \"{}\" violates not-null constraint", f.name()));
+        }
+    }
+    None
 }
 
 fn value_decoder_relaxed(schema: &SchemaRef) -> SchemaRef {

@@ -23,7 +23,12 @@
 //!   [`KafkaLog::open`] compares each partition's Kafka high watermark with the offset the entry
 //!   started at and produces only the rows that did not arrive, so each row reaches Kafka once.
 //!   While Kafka is unreachable an append retries with backoff; the writer waits, nothing is
-//!   dropped.
+//!   dropped. Each append's entries have keys of their own (a per-topic sequence number, then
+//!   the record's index), so an entry is never overwritten by a later append. An error that
+//!   retrying cannot cure (the topic truncated outside Sluice, a row that does not encode)
+//!   leaves the entries in place and fails the topic: every later append to it fails with the
+//!   first error, so no later append can take offsets that belong to the failed one, and the
+//!   next start of the daemon finishes the failed append from its entries.
 //! - **Catalog.** The registry of topics (partitions, Arrow schema) is kept in the store under
 //!   the data directory, with the rest of the catalog.
 
@@ -62,6 +67,11 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a read waits for messages Kafka has acknowledged before it reports an error.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long an append keeps retrying while Kafka is unreachable before it fails (its rows stay
+/// in the write-ahead entry and are delivered by the next append to the topic, or the next
+/// start).
+const SHIP_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Serialize, Deserialize)]
 struct TopicMeta {
     kafka: String,
@@ -86,6 +96,26 @@ struct KafkaTopic {
     append: Mutex<()>,
     /// Per partition: idle consumers, reused by the next read at their offset.
     readers: Vec<Mutex<Vec<Reader>>>,
+    /// Sequence number of the next append's write-ahead entries.
+    wal_seq: AtomicU64,
+    /// Set when an append failed with its entries left in the store: later appends fail too.
+    failed: Mutex<Option<String>>,
+}
+
+impl KafkaTopic {
+    fn new(name: &str, kafka: String, partitions: u32, schema: Option<SchemaRef>, wal_seq: u64) -> KafkaTopic {
+        KafkaTopic {
+            name: name.to_string(),
+            kafka,
+            partitions,
+            schema: RwLock::new(schema),
+            ends: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            append: Mutex::new(()),
+            readers: (0..partitions).map(|_| Mutex::new(Vec::new())).collect(),
+            wal_seq: AtomicU64::new(wal_seq),
+            failed: Mutex::new(None),
+        }
+    }
 }
 
 /// Delivery outcome of the messages of one append.
@@ -141,8 +171,10 @@ fn wal_prefix(name: &str) -> Vec<u8> {
     k
 }
 
-fn wal_key(name: &str, index: u32) -> Vec<u8> {
+/// The key of record `index` of the append numbered `seq`: keys sort in append order.
+fn wal_key(name: &str, seq: u64, index: u32) -> Vec<u8> {
     let mut k = wal_prefix(name);
+    k.extend_from_slice(&seq.to_be_bytes());
     k.extend_from_slice(&index.to_be_bytes());
     k
 }
@@ -183,15 +215,7 @@ impl KafkaLog {
                 Some(bytes) => Some(decode_batch(&bytes)?.schema()),
                 None => None,
             };
-            let topic = Arc::new(KafkaTopic {
-                name: name.clone(),
-                kafka: meta.kafka,
-                partitions: meta.partitions,
-                schema: RwLock::new(schema),
-                ends: (0..meta.partitions).map(|_| AtomicU64::new(0)).collect(),
-                append: Mutex::new(()),
-                readers: (0..meta.partitions).map(|_| Mutex::new(Vec::new())).collect(),
-            });
+            let topic = Arc::new(KafkaTopic::new(&name, meta.kafka, meta.partitions, schema, 0));
             let client = log.producer().clone();
             for p in 0..meta.partitions {
                 let (_, high) = client
@@ -266,7 +290,13 @@ impl KafkaLog {
             return Ok(());
         }
         let mut pending = Vec::new();
-        for (_, v) in &entries {
+        for (k, v) in &entries {
+            if k.len() != wal_prefix(&topic.name).len() + 12 {
+                return Err(ConnectorError::InvalidOption(format!(
+                    "write-ahead entry of topic {} has a key of another format version; finish it with the Sluice that wrote it",
+                    topic.name
+                )));
+            }
             if v.len() < 12 {
                 return Err(ConnectorError::InvalidOption(format!("corrupt write-ahead entry of topic {}", topic.name)));
             }
@@ -290,14 +320,22 @@ impl KafkaLog {
     fn ship(&self, topic: &KafkaTopic, pending: &[Pending], check: bool) -> Result<()> {
         let mut backoff = Backoff::default();
         let mut check = check;
+        let deadline = Instant::now() + SHIP_TIMEOUT;
         loop {
-            match self.try_ship(topic, pending, check) {
+            let shipped = self.try_ship(topic, pending, check);
+            match shipped {
                 Ok(()) => {
                     for p in pending {
                         let end = p.start + p.batch.num_rows() as u64;
                         topic.ends[p.partition as usize].fetch_max(end, Ordering::Relaxed);
                     }
                     return Ok(());
+                }
+                Err(ConnectorError::External(e)) if Instant::now() > deadline => {
+                    return Err(ConnectorError::External(format!(
+                        "{e} (retried for {} s; the rows are kept and delivered by the next append to the topic)",
+                        SHIP_TIMEOUT.as_secs()
+                    )));
                 }
                 Err(ConnectorError::External(e)) => {
                     tracing::warn!(topic = %topic.kafka, error = %e, "append to Kafka failed; retrying");
@@ -364,6 +402,7 @@ impl KafkaLog {
                 }
             }
         }
+        sluice_catalog::failpoint::check("kafka_log::before_ack").map_err(|e| kafka_err("produce", e))?;
         producer.flush(Duration::from_secs(30)).map_err(|e| kafka_err("flush", e))?;
         let failed = ack.failed.load(Ordering::Relaxed);
         if failed > 0 {
@@ -524,15 +563,7 @@ impl TopicLog for KafkaLog {
         self.create_kafka_topic(&kafka, partitions)?;
         let meta = TopicMeta { kafka: kafka.clone(), partitions };
         self.store.put_meta(topic_key(topic).as_bytes(), &serde_json::to_vec(&meta).expect("serializable"))?;
-        let handle = KafkaTopic {
-            name: topic.to_string(),
-            kafka,
-            partitions,
-            schema: RwLock::new(None),
-            ends: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
-            append: Mutex::new(()),
-            readers: (0..partitions).map(|_| Mutex::new(Vec::new())).collect(),
-        };
+        let handle = KafkaTopic::new(topic, kafka, partitions, None, 0);
         self.topics.write().unwrap().insert(topic.to_string(), Arc::new(handle));
         Ok(())
     }
@@ -572,7 +603,20 @@ impl TopicLog for KafkaLog {
         extra: &mut dyn FnMut(&mut WriteBatch) -> Result<()>,
     ) -> Result<()> {
         let handle = self.handle(topic)?;
-        let _serial = handle.append.lock().unwrap();
+        // A writer that panicked in `extra` wrote nothing: the lock guards no data, so a poisoned
+        // one is sound.
+        let _serial = handle.append.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = handle.failed.lock().unwrap().clone() {
+            // Deliver the failed append's rows first, from its write-ahead entries, so that no
+            // later append takes their offsets.
+            self.recover(&handle).map_err(|again| {
+                ConnectorError::Write(format!(
+                    "topic {topic}: an earlier append failed ({e}) and its rows still cannot be delivered ({again}); they are kept in its write-ahead entry"
+                ))
+            })?;
+            *handle.failed.lock().unwrap() = None;
+        }
+        let seq = handle.wal_seq.fetch_add(1, Ordering::Relaxed);
         let mut wb = WriteBatch::default();
         let mut next: Vec<u64> = handle.ends.iter().map(|e| e.load(Ordering::Relaxed)).collect();
         let mut pending = Vec::new();
@@ -592,7 +636,7 @@ impl TopicLog for KafkaLog {
             value.extend_from_slice(&p.to_be_bytes());
             value.extend_from_slice(&slot.to_be_bytes());
             value.extend_from_slice(&encode_batch(batch)?);
-            wb.put_cf(self.store.cf(CF_META), wal_key(topic, pending.len() as u32), value);
+            wb.put_cf(self.store.cf(CF_META), wal_key(topic, seq, pending.len() as u32), value);
             pending.push(Pending { partition: *p, start: *slot, batch: batch.clone() });
             *slot += batch.num_rows() as u64;
         }
@@ -602,10 +646,19 @@ impl TopicLog for KafkaLog {
         if pending.is_empty() {
             return Ok(());
         }
-        self.ship(&handle, &pending, false)?;
+        // From here on the rows are committed: a failure leaves them to the next start.
+        let shipped = sluice_catalog::failpoint::check("kafka_log::after_wal")
+            .map_err(ConnectorError::Write)
+            .and_then(|()| self.ship(&handle, &pending, false))
+            .and_then(|()| sluice_catalog::failpoint::check("kafka_log::after_ack").map_err(ConnectorError::Write));
+        if let Err(e) = shipped {
+            tracing::error!(topic = %handle.kafka, error = %e, "append to Kafka failed; the topic refuses appends until the daemon restarts");
+            *handle.failed.lock().unwrap() = Some(e.to_string());
+            return Err(e);
+        }
         let mut wb = WriteBatch::default();
         for i in 0..pending.len() {
-            wb.delete_cf(self.store.cf(CF_META), wal_key(topic, i as u32));
+            wb.delete_cf(self.store.cf(CF_META), wal_key(topic, seq, i as u32));
         }
         self.store.write(wb)?;
         self.bump();

@@ -5,6 +5,7 @@
 //! - [`datagen`]: Flink's `datagen` test connector, a deterministic generator of rows.
 //! - [`options`]: parsing of `WITH (...)` options into typed structs, unknown keys rejected.
 //! - [`format`]: message formats (`json`, `debezium-json`, `csv`, `raw`) to and from rows.
+//! - [`partition`]: placement of keys in partitions (Kafka's murmur2 default partitioner).
 //! - [`task`]: what source and sink tasks share (the ingest target, status, backoff).
 //! - [`kafka`]: Flink's Kafka connector (source and sink) on rdkafka.
 //! - [`kafka_log`]: the Kafka topic backend (`--kafka-bootstrap`), a [`log::TopicLog`] on Kafka.
@@ -22,6 +23,7 @@ pub mod kafka_log;
 pub mod log;
 pub mod mongo;
 pub mod options;
+pub mod partition;
 pub mod smt;
 pub mod task;
 

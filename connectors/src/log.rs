@@ -232,7 +232,9 @@ impl TopicLog for EmbeddedLog {
                 .next
                 .get(*p as usize)
                 .ok_or_else(|| ConnectorError::InvalidOption(format!("topic {topic} has no partition {p}")))?;
-            guards.push((*p, slot.lock().unwrap()));
+            // A writer that panicked in `extra` (a job's checkpoint) left the offset as it was:
+            // the offset only moves after a successful write, so a poisoned lock is sound.
+            guards.push((*p, slot.lock().unwrap_or_else(|e| e.into_inner())));
         }
         let mut next: Vec<u64> = guards.iter().map(|(_, g)| **g).collect();
         let mut wb = WriteBatch::default();
@@ -242,6 +244,7 @@ impl TopicLog for EmbeddedLog {
             wb.put_cf(self.store.cf(CF_LOG), record_key(handle.id, *p, next[slot]), encode_batch(batch)?);
         }
         extra(&mut wb)?;
+        sluice_catalog::failpoint::check("log::before_write").map_err(ConnectorError::Write)?;
         self.store.write(wb)?;
         let mut appended = false;
         for ((_, g), n) in guards.iter_mut().zip(next) {
@@ -292,7 +295,7 @@ impl TopicLog for EmbeddedLog {
             .next
             .get(partition as usize)
             .ok_or_else(|| ConnectorError::InvalidOption(format!("topic {topic} has no partition {partition}")))?;
-        let v = *next.lock().unwrap();
+        let v = *next.lock().unwrap_or_else(|e| e.into_inner());
         Ok(v)
     }
 

@@ -190,6 +190,7 @@ impl MongoSink {
                 if !models.is_empty() {
                     client.bulk_write(models).await.map_err(|e| Step::Retry(format!("mongodb bulk write: {}", e.kind)))?;
                 }
+                sluice_catalog::failpoint::check("mongo::after_bulk_write").map_err(Step::Fatal)?;
                 target.put_position(&position_key(&self.name, p), &next.to_be_bytes()).map_err(fatal)?;
                 positions[p as usize] = next;
                 status.rows.fetch_add(n as u64, Ordering::Relaxed);

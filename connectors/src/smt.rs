@@ -162,8 +162,54 @@ fn missing(name: &str, key: &str) -> ConnectorError {
     ConnectorError::InvalidOption(format!("option 'transforms.{name}.{key}' is required"))
 }
 
+/// Checks, over every captured table at once, the fields the transforms name: as Kafka
+/// Connect's MaskField, a field is masked in the records that have it and the others pass
+/// through, so a connector capturing several tables may name a field only some of them have;
+/// only a field that no captured table has (as it reaches the transform) is refused, being a
+/// typo. `sources` are the tables' shapes before the transforms.
+///
+/// Errors: [`ConnectorError::InvalidOption`] for such a field, or from [`Transform::shape`].
+pub fn check_fields(transforms: &[Transform], sources: &[Shape]) -> Result<()> {
+    // The column names each transform sees, over all tables.
+    let mut seen: Vec<std::collections::BTreeSet<String>> = vec![Default::default(); transforms.len()];
+    for source in sources {
+        let mut shape = source.clone();
+        for (i, t) in transforms.iter().enumerate() {
+            seen[i].extend(shape.schema.fields().iter().map(|f| f.name().clone()));
+            shape = t.shape(shape)?;
+        }
+    }
+    for (t, seen) in transforms.iter().zip(&seen) {
+        if let Transform::MaskField { fields, .. } = t {
+            if let Some(f) = fields.iter().find(|f| !seen.contains(f.as_str())) {
+                let tables: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
+                return Err(ConnectorError::InvalidOption(format!(
+                    "MaskField: field '{f}' is not a column of any captured table ({})",
+                    tables.join(", ")
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Transform {
-    /// The shape after this transform. Errors: a field it names is not a column.
+    /// The name a column `field` has after this transform, `None` when it drops the column
+    /// (ReplaceField's `include` / `exclude`).
+    pub fn output_name(&self, field: &str) -> Option<String> {
+        match self {
+            Transform::ReplaceField { include, exclude, renames } => {
+                let keep = include.as_ref().is_none_or(|i| i.iter().any(|x| x == field)) && !exclude.iter().any(|x| x == field);
+                keep.then(|| renames.iter().find(|(a, _)| a == field).map(|(_, b)| b.clone()).unwrap_or_else(|| field.to_string()))
+            }
+            _ => Some(field.to_string()),
+        }
+    }
+
+    /// The shape after this transform. A MaskField field the table lacks is passed over, as
+    /// Kafka Connect does (see [`check_fields`] for the check over all captured tables).
+    ///
+    /// Errors: a ValueToKey field that is not a column.
     pub fn shape(&self, s: Shape) -> Result<Shape> {
         let has = |f: &str| s.schema.index_of(f).is_ok();
         let check = |fields: &[String], what: &str| -> Result<()> {
@@ -173,21 +219,15 @@ impl Transform {
             }
         };
         Ok(match self {
-            Transform::MaskField { fields, .. } => {
-                check(fields, "MaskField")?;
-                s
-            }
-            Transform::ReplaceField { include, exclude, renames } => {
-                let keep = |f: &str| include.as_ref().is_none_or(|i| i.iter().any(|x| x == f)) && !exclude.iter().any(|x| x == f);
-                let rename = |f: &str| renames.iter().find(|(a, _)| a == f).map(|(_, b)| b.clone()).unwrap_or_else(|| f.to_string());
+            Transform::MaskField { .. } => s,
+            Transform::ReplaceField { .. } => {
                 let fields: Vec<Field> = s
                     .schema
                     .fields()
                     .iter()
-                    .filter(|f| keep(f.name()))
-                    .map(|f| f.as_ref().clone().with_name(rename(f.name())))
+                    .filter_map(|f| self.output_name(f.name()).map(|n| f.as_ref().clone().with_name(n)))
                     .collect();
-                let key = s.key.iter().filter(|k| keep(k)).map(|k| rename(k)).collect();
+                let key = s.key.iter().filter_map(|k| self.output_name(k)).collect();
                 Shape { name: s.name, schema: Arc::new(Schema::new(fields)), key }
             }
             Transform::ExtractNewRecordState { delete_mode } => {
@@ -376,6 +416,42 @@ mod tests {
         assert_eq!(shape.key, vec!["id".to_string()]);
         assert_eq!(shape.schema.field(1).name(), "full_name");
         assert_eq!(rows.to_text(), "+I 1 a \n+I 2 b NULL\n");
+    }
+
+    #[test]
+    fn mask_field_passes_over_tables_without_the_field() {
+        let ts = parse(&[
+            ("transforms", "mask"),
+            ("transforms.mask.type", "org.apache.kafka.connect.transforms.MaskField$Value"),
+            ("transforms.mask.fields", "email"),
+        ]);
+        let customers = Shape {
+            name: "pg.public.customers".into(),
+            schema: Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true), Field::new("email", DataType::Utf8, true)])),
+            key: vec!["id".into()],
+        };
+        let items = Shape {
+            name: "pg.public.order_items".into(),
+            schema: Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true), Field::new("sku", DataType::Utf8, true)])),
+            key: vec!["id".into()],
+        };
+        check_fields(&ts, &[customers.clone(), items.clone()]).unwrap();
+        let out = ts[0].shape(items.clone()).unwrap();
+        let batch = RecordBatch::try_new(
+            items.schema.clone(),
+            vec![Arc::new(arrow::array::Int64Array::from(vec![1])), Arc::new(StringArray::from(vec!["a-1"]))],
+        )
+        .unwrap();
+        assert_eq!(ts[0].apply(ChangeBatch::inserts(batch), &out.schema).unwrap().to_text(), "+I 1 a-1\n");
+        let batch = RecordBatch::try_new(
+            customers.schema.clone(),
+            vec![Arc::new(arrow::array::Int64Array::from(vec![1])), Arc::new(StringArray::from(vec!["a@x.io"]))],
+        )
+        .unwrap();
+        assert_eq!(ts[0].apply(ChangeBatch::inserts(batch), &customers.schema).unwrap().to_text(), "+I 1 \n");
+        // A field no captured table has is a typo.
+        let err = check_fields(&ts, &[items]).unwrap_err();
+        assert!(matches!(&err, ConnectorError::InvalidOption(m) if m.contains("'email'") && m.contains("order_items")), "{err}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use sluice_catalog::ChangeBatch;
 
-use crate::error::Result;
+use crate::error::{ConnectorError, Result};
 
 /// Where a source task writes: one table's topic, plus a key-value area for positions.
 pub trait IngestTarget: Send + Sync {
@@ -31,6 +31,17 @@ pub trait IngestTarget: Send + Sync {
     fn position(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Stores a position on its own (a sink's read position).
     fn put_position(&self, key: &[u8], value: &[u8]) -> Result<()>;
+    /// The rows the table holds now under the primary keys of `rows` (a batch of the table's
+    /// physical columns; only its key columns are read), for filling in values a source left out
+    /// (Postgres's unchanged TOAST values): one row per row of `rows`, in order, and for each
+    /// whether the table holds a row with that key (the row is all NULL where it does not).
+    ///
+    /// Errors: the table has no primary key, or the store failing. The default body is for
+    /// targets that keep no rows, and always fails.
+    fn lookup(&self, rows: &RecordBatch) -> Result<(RecordBatch, Vec<bool>)> {
+        let _ = rows;
+        Err(ConnectorError::Write("this target keeps no rows to look up".into()))
+    }
 }
 
 /// Lifecycle of a connector task, as Kafka Connect names connector states.

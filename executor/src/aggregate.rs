@@ -215,6 +215,8 @@ impl Operator for AggregateOp {
         if !t.new_keys.is_empty() {
             let keys = concat_batches(&self.key_schema, &std::mem::take(&mut t.new_keys))?;
             delta.push(0);
+            // The id of the first of these groups: ids are explicit, see `groups`.
+            delta.extend_from_slice(&((t.len() - keys.num_rows()) as u32).to_le_bytes());
             put_bytes(&mut delta, &encode_batch(&keys)?);
         }
         if !t.dirty.is_empty() {
@@ -233,6 +235,7 @@ impl Operator for AggregateOp {
                 let keys = RecordBatch::try_new(key_schema.clone(), t.keys(key_schema)?)?;
                 let buf = snap.buf();
                 buf.push(0);
+                buf.extend_from_slice(&0u32.to_le_bytes());
                 put_bytes(buf, &encode_batch(&keys)?);
                 buf.push(1);
                 buf.extend_from_slice(&(t.len() as u32).to_le_bytes());
@@ -254,8 +257,9 @@ impl Operator for AggregateOp {
             while rd.pos < v.len() {
                 match rd.take(1)?[0] {
                     0 => {
+                        let first = rd.u32()?;
                         let keys = decode_batch(rd.bytes()?)?;
-                        table.intern(key_schema, keys.columns(), gids, false)?;
+                        table.restore_keys(key_schema, first, keys.columns(), gids)?;
                     }
                     1 => {
                         let count = rd.u32()?;

@@ -26,7 +26,25 @@ pub enum ExecError {
     /// The operation is not possible (e.g. reading an unbounded generator as a batch).
     #[error("{0}")]
     Unsupported(String),
+    /// An armed failpoint fired (crash-injection tests, [`sluice_catalog::failpoint`]).
+    #[error("{0}")]
+    Failpoint(String),
+    /// Stored state does not belong to this plan or this version of Sluice (SQLSTATE 55000 at
+    /// the server): restoring it would compute wrong results.
+    #[error("{0}")]
+    StateMismatch(String),
+    /// `FLUSH` found failed jobs (SQLSTATE 55000 at the server); the message names each.
+    #[error("{0}")]
+    JobsFailed(String),
+    /// `FLUSH` timed out (SQLSTATE 57014 at the server); the message names the jobs behind.
+    #[error("{0}")]
+    FlushTimeout(String),
 }
 
 /// Result alias of the executor.
 pub type Result<T, E = ExecError> = std::result::Result<T, E>;
+
+/// Evaluates the failpoint `name` ([`sluice_catalog::failpoint::check`]) as an executor error.
+pub(crate) fn failpoint(name: &str) -> Result<()> {
+    sluice_catalog::failpoint::check(name).map_err(ExecError::Failpoint)
+}

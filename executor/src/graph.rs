@@ -3,7 +3,10 @@
 //! Nodes are stored in post-order (children before parents), so operator indices are stable
 //! across restarts of the same plan and name their state. A batch enters at a source node and is
 //! pushed up through each parent; watermarks are propagated bottom-up, a node's watermark being
-//! the minimum over the watermarked sources below it.
+//! the minimum over the watermarked sources below it. As in Flink, a watermarked source that
+//! has not produced a watermark yet holds that minimum back (windows above it do not close on
+//! the other inputs alone) until it produces one, is idle (`scan.watermark.idle-timeout`), or
+//! ends.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -29,9 +32,24 @@ struct GraphNode {
     watermark: i64,
 }
 
+/// The watermark of one source as a job reports it to [`Graph::advance_watermarks`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceWatermark {
+    /// The table declares no watermark: it never holds event time back.
+    Undeclared,
+    /// Declared, but not produced yet: holds back every operator above the source.
+    Pending,
+    /// Idle without a watermark (`scan.watermark.idle-timeout`): left out of the minimum.
+    Idle,
+    /// At this event time, in ms since the epoch; `i64::MAX` once a bounded source ended.
+    At(i64),
+}
+
 /// See the module docs.
 pub struct Graph {
     nodes: Vec<GraphNode>,
+    /// One line per node (post-order): what the node computes, for [`Graph::fingerprint`].
+    shape: Vec<String>,
     /// Node index of each source id.
     source_nodes: Vec<usize>,
     /// Per source id: computed columns and watermark measurement.
@@ -42,7 +60,7 @@ impl Graph {
     /// Builds the operators of `root`. `late_rows` counts rows dropped behind the watermark.
     pub fn build(root: &Node, late_rows: Arc<AtomicU64>) -> Result<Graph> {
         let n_sources = root.sources().len();
-        let mut g = Graph { nodes: Vec::new(), source_nodes: vec![0; n_sources], source_rows: Vec::new() };
+        let mut g = Graph { nodes: Vec::new(), shape: Vec::new(), source_nodes: vec![0; n_sources], source_rows: Vec::new() };
         let mut rows: Vec<Option<SourceOp>> = (0..n_sources).map(|_| None).collect();
         g.add(root, &late_rows, &mut rows)?;
         g.source_rows = rows.into_iter().map(|r| r.expect("every source id is built")).collect();
@@ -53,6 +71,14 @@ impl Graph {
         let (op, children): (Box<dyn Operator>, Vec<usize>) = match node {
             Node::Source(s) => {
                 rows[s.id] = Some(SourceOp::try_new(s)?);
+                self.shape.push(format!(
+                    "source {} topic {} upsert {:?} watermark {} {}",
+                    s.id,
+                    s.table.topic(),
+                    s.upsert_key,
+                    s.watermark.as_ref().map(|w| w.to_string()).unwrap_or_default(),
+                    schema_shape(&s.schema)
+                ));
                 let idx = self.push(Box::new(SourceOp::try_new(s)?), vec![s.id]);
                 self.source_nodes[s.id] = idx;
                 return Ok(idx);
@@ -103,6 +129,7 @@ impl Graph {
             }
         };
         let sources = children.iter().flat_map(|c| self.nodes[*c].sources.clone()).collect();
+        self.shape.push(format!("{} of {children:?} {} {}", op.name(), node_detail(node), schema_shape(&node.schema())));
         let idx = self.push(op, sources);
         for (side, c) in children.iter().enumerate() {
             // A union's inputs all arrive on side 0.
@@ -149,12 +176,43 @@ impl Graph {
         Ok(())
     }
 
-    /// Propagates source watermarks (`None`: the source has none yet, or declares none) and
-    /// returns what the advance emits at the root.
-    pub fn advance_watermarks(&mut self, source_wms: &[Option<i64>]) -> Result<Vec<ChangeBatch>> {
+    /// True when source `id`'s table declares a watermark.
+    pub fn declares_watermark(&self, id: usize) -> bool {
+        self.source_rows[id].declares_watermark()
+    }
+
+    /// A stable fingerprint (16 hex digits, FNV-1a 64) of what every operator computes, in
+    /// order: checkpoints store it, and a restore refuses state written for another plan, since
+    /// operator state is keyed by the operator's index in the plan.
+    pub fn fingerprint(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for line in &self.shape {
+            for b in line.bytes().chain(std::iter::once(b'\n')) {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        format!("{h:016x}")
+    }
+
+    /// Propagates source watermarks and returns what the advance emits at the root. A node's
+    /// watermark is the minimum over the sources below it that declare one and are not idle;
+    /// a [`SourceWatermark::Pending`] source below it holds it back.
+    pub fn advance_watermarks(&mut self, source_wms: &[SourceWatermark]) -> Result<Vec<ChangeBatch>> {
         let mut out = Vec::new();
         for idx in 0..self.nodes.len() {
-            let wm = self.nodes[idx].sources.iter().filter_map(|s| source_wms.get(*s).copied().flatten()).min();
+            let mut wm: Option<i64> = None;
+            let mut held = false;
+            for s in &self.nodes[idx].sources {
+                match source_wms.get(*s).copied().unwrap_or(SourceWatermark::Undeclared) {
+                    SourceWatermark::Pending => held = true,
+                    SourceWatermark::At(w) => wm = Some(wm.map_or(w, |m| m.min(w))),
+                    SourceWatermark::Undeclared | SourceWatermark::Idle => {}
+                }
+            }
+            if held {
+                continue;
+            }
             let Some(wm) = wm else { continue };
             if wm > self.nodes[idx].watermark {
                 self.nodes[idx].watermark = wm;
@@ -170,6 +228,10 @@ impl Graph {
         for (i, n) in self.nodes.iter_mut().enumerate() {
             let mut w = StateWriter::new(store, batch, operator_prefix(job, i));
             n.op.checkpoint(&mut w)?;
+            if i == 0 {
+                // Crash injection: a failure with part of the epoch's state already written.
+                crate::error::failpoint("checkpoint::state_write")?;
+            }
         }
         Ok(())
     }
@@ -180,5 +242,32 @@ impl Graph {
             n.op.restore(&StateReader::new(store, operator_prefix(job, i)))?;
         }
         Ok(())
+    }
+}
+
+/// Field names, types and nullability of a schema, for fingerprints.
+fn schema_shape(schema: &arrow::datatypes::Schema) -> String {
+    schema.fields().iter().map(|f| format!("{}:{}:{}", f.name(), f.data_type(), f.is_nullable())).collect::<Vec<_>>().join(",")
+}
+
+/// The expressions of a node, for fingerprints.
+fn node_detail(node: &Node) -> String {
+    let list = |v: &[sluice_catalog::dataflow::ExprRef]| v.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(",");
+    match node {
+        Node::Source(_) => String::new(),
+        Node::Filter { predicate, .. } => predicate.to_string(),
+        Node::Project { exprs, .. } => list(exprs),
+        Node::Join { left_keys, right_keys, filter, left_outer, right_outer, .. } => format!(
+            "{} = {} filter {} outer {left_outer} {right_outer}",
+            list(left_keys),
+            list(right_keys),
+            filter.as_ref().map(|f| f.to_string()).unwrap_or_default()
+        ),
+        Node::Aggregate { group_exprs, aggs, window, .. } => {
+            let aggs: Vec<String> =
+                aggs.iter().map(|a| format!("{:?}({})", a.kind, a.arg.as_ref().map(|e| e.to_string()).unwrap_or_default())).collect();
+            format!("by {} aggs {} window {:?}", list(group_exprs), aggs.join(","), window.as_ref().map(|w| w.end_group_index))
+        }
+        Node::Union { inputs, .. } => format!("{} inputs", inputs.len()),
     }
 }

@@ -4,8 +4,11 @@
 //! MIN, MAX and COUNT(DISTINCT) keep a multiset of values ordered by Arrow's row encoding.
 //!
 //! A table also tracks what a checkpoint needs: the keys of groups created since the last one
-//! (in id order, so that interning them again on restore gives the same ids) and the ids of
-//! groups whose accumulators changed.
+//! (in id order, each batch with the id of its first group) and the ids of groups whose
+//! accumulators changed. Ids are explicit in the checkpoint: a restore re-interns the keys and
+//! checks that every group gets back the id it was stored under, and fails (rather than
+//! attaching accumulators to the wrong groups) when the `GroupValues` implementation hands
+//! them out in another order.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -264,15 +267,15 @@ impl GroupTable {
         let after = self.groups.len();
         if after > before {
             if track {
-                // Ids are handed out in row order: a new group's first row is where the id
-                // equals the next unseen one.
-                let mut next = before;
-                let mut first = Vec::with_capacity(after - before);
+                // The first row of each new group, by id (whatever order the ids came in).
+                let mut first = vec![u32::MAX; after - before];
                 for (j, g) in gids.iter().enumerate() {
-                    if *g == next {
-                        first.push(j as u32);
-                        next += 1;
+                    if *g >= before && first[*g - before] == u32::MAX {
+                        first[*g - before] = j as u32;
                     }
+                }
+                if first.contains(&u32::MAX) {
+                    return Err(ExecError::CorruptState("a new group id was handed out without a row".into()));
                 }
                 let idx = UInt32Array::from(first);
                 let cols = keys.iter().map(|c| Ok(take(c.as_ref(), &idx, None)?)).collect::<Result<Vec<_>>>()?;
@@ -458,6 +461,27 @@ impl GroupTable {
         self.groups = new_group_values(key_schema.clone(), &GroupOrdering::None)?;
         let mut gids = Vec::new();
         self.groups.intern(&keys, &mut gids)?;
+        check_ids(&gids, 0)?;
         Ok(keys)
     }
+
+    /// Re-interns the keys of groups stored with ids `first..first + n` (a checkpoint's key
+    /// entry). Errors: the ids do not continue the table, or the keys got other ids back.
+    pub(crate) fn restore_keys(&mut self, key_schema: &SchemaRef, first: u32, keys: &[ArrayRef], gids: &mut Vec<usize>) -> Result<()> {
+        if first as usize != self.len() {
+            return Err(ExecError::CorruptState(format!("group keys stored from id {first}, the table has {} groups", self.len())));
+        }
+        self.intern(key_schema, keys, gids, false)?;
+        check_ids(gids, first as usize)
+    }
+}
+
+/// Checks that interning distinct keys handed out the ids `first, first + 1, ...` in order.
+fn check_ids(gids: &[usize], first: usize) -> Result<()> {
+    if gids.iter().enumerate().any(|(j, g)| *g != first + j) {
+        return Err(ExecError::CorruptState(
+            "group keys did not get back the ids they were checkpointed with (GroupValues handed out ids in another order)".into(),
+        ));
+    }
+    Ok(())
 }

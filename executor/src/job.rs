@@ -9,8 +9,19 @@
 //! construction. After a crash the job restores the last checkpoint and re-reads its input from
 //! the saved positions; output of the unfinished epoch was never written, so nothing is lost or
 //! duplicated.
+//!
+//! A checkpoint is all or nothing: when any part of it fails (an operator's state, the store,
+//! the sink topic), nothing of the epoch commits and the job is `FAILED` with the error; a
+//! restart resumes from the last complete checkpoint. The checkpoint metadata carries the
+//! plan's fingerprint and the state format version, and a restore refuses state written for
+//! another plan or format. A panic inside a job marks it `FAILED` with the panic's message.
+//!
+//! Bounded inputs end as in Flink: once a bounded source (a `datagen` table with an end) has
+//! produced its last row, its watermark advances to the maximum, so every window still open
+//! fires; once every source has ended, the job commits and is `FINISHED`.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -18,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
-use datafusion::common::hash_utils::create_hashes;
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 use sluice_catalog::dataflow::DataflowPlan;
@@ -26,10 +36,11 @@ use sluice_catalog::store::CF_STATE;
 use sluice_catalog::{ChangeBatch, Store};
 use sluice_connectors::datagen::DatagenOptions;
 use sluice_connectors::options::{parse_table_options, watermark_idle_timeout, TableConnector};
+use sluice_connectors::partition::partitions_of_rows;
 use sluice_connectors::TopicLog;
 
-use crate::error::{ExecError, Result};
-use crate::graph::Graph;
+use crate::error::{failpoint, ExecError, Result};
+use crate::graph::{Graph, SourceWatermark};
 use crate::rows::eval;
 use crate::state::job_prefix;
 
@@ -64,16 +75,20 @@ pub struct JobStatus {
     pub pending_generators: AtomicU64,
     stop: AtomicBool,
     running: AtomicBool,
+    /// Set when every source was bounded and has ended: the job committed its last epoch.
+    finished: AtomicBool,
     handle: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl JobStatus {
-    /// `RUNNING`, `FAILED` or `STOPPED`.
+    /// `RUNNING`, `FAILED`, `FINISHED` (every source bounded and ended) or `STOPPED`.
     pub fn state(&self) -> &'static str {
         if self.error.lock().unwrap().is_some() {
             "FAILED"
         } else if self.running.load(Ordering::Relaxed) {
             "RUNNING"
+        } else if self.finished.load(Ordering::Relaxed) {
+            "FINISHED"
         } else {
             "STOPPED"
         }
@@ -85,16 +100,33 @@ impl JobStatus {
     }
 }
 
+/// Version of the encodings of operator state and checkpoint metadata. Bump it whenever an
+/// operator's state encoding changes: a restore refuses state of another version.
+pub const STATE_FORMAT_VERSION: u32 = 2;
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct CheckpointMeta {
     epoch: u64,
     positions: Vec<Vec<u64>>,
     watermarks: Vec<Vec<Option<i64>>>,
+    /// [`STATE_FORMAT_VERSION`] of the state; absent in state older than the field.
+    #[serde(default)]
+    format: Option<u32>,
+    /// [`Graph::fingerprint`] of the plan that wrote the state.
+    #[serde(default)]
+    fingerprint: Option<String>,
 }
 
 enum SourceKind {
     Topic { topic: String },
     Datagen { opts: DatagenOptions, total: Option<u64>, started: Instant, base: u64 },
+}
+
+impl SourceRt {
+    /// True for a bounded source that has produced its last row.
+    fn ended(&self) -> bool {
+        matches!(&self.kind, SourceKind::Datagen { total: Some(t), .. } if self.positions[0] >= *t)
+    }
 }
 
 struct SourceRt {
@@ -133,11 +165,17 @@ impl JobRuntime {
     pub fn start(self: &Arc<Self>, id: &str, plan: DataflowPlan) -> Result<Arc<JobStatus>> {
         let late_rows = Arc::new(AtomicU64::new(0));
         let mut graph = Graph::build(&plan.root, late_rows.clone())?;
-        graph.restore(&self.store, id)?;
+        let fingerprint = graph.fingerprint();
         let meta: CheckpointMeta = match self.store.db().get_cf(self.store.cf(CF_STATE), meta_key(id))? {
-            Some(v) => serde_json::from_slice(&v).map_err(|e| ExecError::CorruptState(e.to_string()))?,
+            Some(v) => {
+                let meta: CheckpointMeta =
+                    serde_json::from_slice(&v).map_err(|e| ExecError::CorruptState(e.to_string()))?;
+                check_meta(id, &meta, &fingerprint)?;
+                meta
+            }
             None => CheckpointMeta::default(),
         };
+        graph.restore(&self.store, id)?;
         let mut sources = Vec::new();
         for (i, s) in plan.root.sources().iter().enumerate() {
             let kind = match parse_table_options(&s.table.options)? {
@@ -193,6 +231,7 @@ impl JobRuntime {
             ),
             stop: AtomicBool::new(false),
             running: AtomicBool::new(true),
+            finished: AtomicBool::new(false),
             handle: Mutex::new(None),
         });
         let mut job = RunningJob {
@@ -205,6 +244,7 @@ impl JobRuntime {
             sink,
             status: status.clone(),
             epoch: meta.epoch,
+            fingerprint,
             pending: Vec::new(),
             pending_rows: 0,
             dirty: false,
@@ -215,9 +255,16 @@ impl JobRuntime {
             .name(format!("job-{}", &id[..8.min(id.len())]))
             .spawn(move || {
                 tracing::info!(job = %job.id, epoch = job.epoch, "job started");
-                if let Err(e) = job.run() {
-                    tracing::error!(job = %job.id, error = %e, "job failed");
-                    *s2.error.lock().unwrap() = Some(e.to_string());
+                let id = job.id.clone();
+                // A panic in an operator fails this job alone, with the panic's message.
+                let result = std::panic::catch_unwind(AssertUnwindSafe(|| job.run()))
+                    .unwrap_or_else(|panic| Err(ExecError::Unsupported(format!("job panicked: {}", panic_message(&panic)))));
+                match result {
+                    Ok(finished) => s2.finished.store(finished, Ordering::Relaxed),
+                    Err(e) => {
+                        tracing::error!(job = %id, error = %e, "job failed");
+                        *s2.error.lock().unwrap() = Some(e.to_string());
+                    }
                 }
                 s2.running.store(false, Ordering::Relaxed);
             })
@@ -264,25 +311,39 @@ impl JobRuntime {
     /// repeatedly so that chains of jobs drain too (RisingWave's `FLUSH`). Unbounded generators
     /// are not waited for; bounded ones are, until exhausted.
     ///
-    /// Errors: [`ExecError::Unsupported`] when `timeout` passes first.
+    /// Errors: [`ExecError::JobsFailed`] naming each job that failed (before or while
+    /// waiting); [`ExecError::FlushTimeout`], when `timeout` passes first, naming each job still
+    /// behind its input.
     pub fn flush(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let jobs: Vec<Arc<JobStatus>> =
-                self.jobs.lock().unwrap().values().filter(|j| j.is_running()).cloned().collect();
+            let all: Vec<Arc<JobStatus>> = self.jobs.lock().unwrap().values().cloned().collect();
+            let failed: Vec<String> = all
+                .iter()
+                .filter_map(|j| j.error.lock().unwrap().as_ref().map(|e| format!("job {} (into {}) failed: {e}", j.id, j.sink)))
+                .collect();
+            if !failed.is_empty() {
+                return Err(ExecError::JobsFailed(format!("FLUSH: {}", failed.join("; "))));
+            }
+            let jobs: Vec<Arc<JobStatus>> = all.into_iter().filter(|j| j.is_running()).collect();
             let ends_before = self.end_offsets(&jobs)?;
-            let caught_up = jobs.iter().all(|j| {
-                let c = j.committed.lock().unwrap();
-                j.pending_generators.load(Ordering::Relaxed) == 0
-                    && c.iter().all(|(k, v)| ends_before.get(k).map(|e| v >= e).unwrap_or(true))
-            });
-            if caught_up && self.end_offsets(&jobs)? == ends_before {
+            let behind: Vec<&Arc<JobStatus>> = jobs
+                .iter()
+                .filter(|j| {
+                    let c = j.committed.lock().unwrap();
+                    j.pending_generators.load(Ordering::Relaxed) > 0
+                        || c.iter().any(|(k, v)| ends_before.get(k).is_some_and(|e| v < e))
+                })
+                .collect();
+            if behind.is_empty() && self.end_offsets(&jobs)? == ends_before {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(ExecError::Unsupported(format!(
-                    "FLUSH timed out after {} s: persistent queries are still behind their input",
-                    timeout.as_secs()
+                let names: Vec<String> = behind.iter().map(|j| format!("{} (into {})", j.id, j.sink)).collect();
+                return Err(ExecError::FlushTimeout(format!(
+                    "FLUSH timed out after {} s waiting for job(s) still behind their input: {}",
+                    timeout.as_secs(),
+                    if names.is_empty() { "input still arriving".to_string() } else { names.join(", ") }
                 )));
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -306,6 +367,34 @@ fn meta_key(job: &str) -> Vec<u8> {
     k
 }
 
+/// Refuses state written by another plan or state format (see the module docs).
+fn check_meta(id: &str, meta: &CheckpointMeta, fingerprint: &str) -> Result<()> {
+    if meta.format != Some(STATE_FORMAT_VERSION) {
+        return Err(ExecError::StateMismatch(format!(
+            "job {id}: its checkpoint has state format {}, this Sluice reads format {STATE_FORMAT_VERSION}; drop and recreate the job (its state cannot be restored)",
+            meta.format.map_or("unknown (older than format versions)".to_string(), |f| f.to_string())
+        )));
+    }
+    if meta.fingerprint.as_deref() != Some(fingerprint) {
+        return Err(ExecError::StateMismatch(format!(
+            "job {id}: its checkpoint was written by a different plan (fingerprint {}, now {fingerprint}): a table it reads changed, or this version of Sluice plans the query differently; drop and recreate the job",
+            meta.fingerprint.as_deref().unwrap_or("none")
+        )));
+    }
+    Ok(())
+}
+
+/// The message of a caught panic.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}
+
 struct RunningJob {
     id: String,
     store: Store,
@@ -316,22 +405,34 @@ struct RunningJob {
     sink: SinkKind,
     status: Arc<JobStatus>,
     epoch: u64,
+    /// [`Graph::fingerprint`], stored with every checkpoint.
+    fingerprint: String,
     pending: Vec<RecordBatch>,
     pending_rows: usize,
     dirty: bool,
 }
 
 impl RunningJob {
-    fn source_watermarks(&self) -> Vec<Option<i64>> {
+    /// The watermark of every source, as [`Graph::advance_watermarks`] combines them.
+    fn source_watermarks(&self) -> Vec<SourceWatermark> {
         let now = Instant::now();
         self.sources
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(sid, s)| {
+                // The end of a bounded input is the maximum watermark (Flink's end of input).
+                if s.ended() {
+                    return SourceWatermark::At(i64::MAX);
+                }
+                if !self.graph.declares_watermark(sid) {
+                    return SourceWatermark::Undeclared;
+                }
                 // Per-partition watermarks combine by minimum; a partition without one holds
                 // the source back, unless it has been idle (no data) for the source's idle
                 // timeout. Once every partition is idle, the watermark is the one of the
                 // partitions that had data last, as it was when the others went idle (a
-                // watermark never goes back).
+                // watermark never goes back); a source idle without ever having produced a
+                // watermark is left out of its operators' minimum.
                 let idle = |t: &Instant| s.idle_timeout.is_some_and(|d| now.duration_since(*t) >= d);
                 let latest = s.last_data.iter().max().copied();
                 let all_idle = s.last_data.iter().all(idle);
@@ -342,16 +443,24 @@ impl RunningJob {
                     .filter(|(_, t)| if all_idle { Some(**t) == latest } else { !idle(t) })
                     .map(|(w, _)| *w)
                     .collect();
-                if active.is_empty() || active.iter().any(|w| w.is_none()) {
-                    None
+                if all_idle && active.iter().all(|w| w.is_none()) {
+                    SourceWatermark::Idle
+                } else if active.is_empty() || active.iter().any(|w| w.is_none()) {
+                    SourceWatermark::Pending
                 } else {
-                    active.iter().flatten().min().copied()
+                    active.iter().flatten().min().map_or(SourceWatermark::Pending, |w| SourceWatermark::At(*w))
                 }
             })
             .collect()
     }
 
-    fn run(&mut self) -> Result<()> {
+    /// True when every source is bounded and has ended.
+    fn all_ended(&self) -> bool {
+        !self.sources.is_empty() && self.sources.iter().all(SourceRt::ended)
+    }
+
+    /// Runs until stopped (`Ok(false)`) or until every source has ended (`Ok(true)`).
+    fn run(&mut self) -> Result<bool> {
         // Re-establish operator watermarks from the checkpoint (windows already emitted are
         // gone from state, so nothing is emitted twice).
         let wms = self.source_watermarks();
@@ -362,7 +471,13 @@ impl RunningJob {
             if self.status.stop.load(Ordering::Relaxed) {
                 self.commit()?;
                 tracing::info!(job = %self.id, epoch = self.epoch, "job stopped");
-                return Ok(());
+                return Ok(false);
+            }
+            if self.all_ended() {
+                // The last poll advanced every watermark to the maximum; commit what it fired.
+                self.commit()?;
+                tracing::info!(job = %self.id, epoch = self.epoch, "every input ended; job finished");
+                return Ok(true);
             }
             let seen = self.log.version();
             let progressed = self.poll()?;
@@ -460,15 +575,22 @@ impl RunningJob {
     }
 
     /// Commits the epoch: output, operator state, positions and watermarks in one write.
+    ///
+    /// All or nothing: when an operator's state cannot be written, the append (and with it
+    /// the epoch's output, positions and state) is abandoned before anything reaches the store,
+    /// and the error is returned, which fails the job.
     fn commit(&mut self) -> Result<()> {
         if !self.dirty {
             return Ok(());
         }
+        failpoint("checkpoint::before_state")?;
         self.epoch += 1;
         let meta = CheckpointMeta {
             epoch: self.epoch,
             positions: self.sources.iter().map(|s| s.positions.clone()).collect(),
             watermarks: self.sources.iter().map(|s| s.watermarks.clone()).collect(),
+            format: Some(STATE_FORMAT_VERSION),
+            fingerprint: Some(self.fingerprint.clone()),
         };
         let meta_bytes = serde_json::to_vec(&meta).map_err(|e| ExecError::CorruptState(e.to_string()))?;
         let store = self.store.clone();
@@ -478,26 +600,29 @@ impl RunningJob {
         let mut fill = |wb: &mut WriteBatch| -> sluice_connectors::Result<()> {
             if let Err(e) = graph.checkpoint(&store, wb, &id) {
                 state_err = Some(e);
+                return Err(sluice_connectors::ConnectorError::Write("checkpoint abandoned: operator state could not be written".into()));
             }
             wb.put_cf(store.cf(CF_STATE), meta_key(&id), &meta_bytes);
             Ok(())
         };
-        match &self.sink {
+        let appended = match &self.sink {
             SinkKind::Topic { partitions, key } => {
                 let pending = std::mem::take(&mut self.pending);
                 let writes = partition_batches(&pending, *partitions, key)?;
-                self.log.append(self.plan.sink.topic(), &writes, &mut fill)?;
+                self.log.append(self.plan.sink.topic(), &writes, &mut fill)
             }
             SinkKind::Blackhole => {
                 let mut wb = WriteBatch::default();
-                fill(&mut wb)?;
-                self.store.write(wb)?;
+                let r = fill(&mut wb).and_then(|()| Ok(self.store.write(wb)?));
                 self.pending.clear();
+                r
             }
-        }
+        };
         if let Some(e) = state_err {
             return Err(e);
         }
+        appended?;
+        failpoint("checkpoint::after_commit")?;
         self.status.rows_out.fetch_add(self.pending_rows as u64, Ordering::Relaxed);
         self.status.checkpoints.store(self.epoch, Ordering::Relaxed);
         self.pending_rows = 0;
@@ -527,34 +652,24 @@ impl RunningJob {
     }
 }
 
-/// Splits output batches by partition: the hash of the key columns (the primary key, or the
-/// whole row) modulo the partition count, so one key's changes stay in order in one partition.
+/// Splits output batches by partition: Kafka's default partitioner over the key columns (the
+/// primary key, or the whole row) as a JSON object ([`sluice_connectors::partition`]), so one
+/// key's changes stay in order in one partition, placed where any Kafka producer would put it.
 pub fn partition_batches(pending: &[RecordBatch], partitions: u32, key: &[usize]) -> Result<Vec<(u32, RecordBatch)>> {
     if partitions <= 1 {
         return Ok(pending.iter().map(|b| (0, b.clone())).collect());
     }
     let mut out = Vec::new();
-    let state = ahash_state();
     for b in pending {
-        let cols: Vec<_> = key.iter().map(|i| b.column(*i).clone()).collect();
-        let mut hashes = vec![0u64; b.num_rows()];
-        create_hashes(&cols, &state, &mut hashes)?;
+        let keys = b.project(key)?;
+        let placed = partitions_of_rows(&keys, partitions)?;
         for p in 0..partitions {
-            let idx: UInt32Array = hashes
-                .iter()
-                .enumerate()
-                .filter(|(_, h)| (**h % partitions as u64) as u32 == p)
-                .map(|(i, _)| i as u32)
-                .collect();
+            let idx: UInt32Array =
+                placed.iter().enumerate().filter(|(_, q)| **q == p).map(|(i, _)| i as u32).collect();
             if !idx.is_empty() {
                 out.push((p, take_record_batch(b, &idx)?));
             }
         }
     }
     Ok(out)
-}
-
-/// A fixed hash seed, so a key always lands in the same partition across restarts.
-fn ahash_state() -> datafusion::common::hash_utils::RandomState {
-    datafusion::common::hash_utils::RandomState::with_seed(0x5175_01ce_da7a_f10e)
 }

@@ -5,17 +5,19 @@
 //! retractions delete the key); a table without a key that receives retractions (an updating
 //! query written into it) keeps a multiset of rows, each `-D`/`-U` cancelling one equal row.
 
+use std::sync::Arc;
+
 use datafusion::common::HashMap;
 
 use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Schema, SchemaRef};
 use arrow::row::RowConverter;
 use sluice_catalog::{ChangeBatch, TableDef};
 use sluice_connectors::TopicLog;
 
 use crate::error::Result;
-use crate::rows::{converter, decode, schema_converter, types_of};
+use crate::rows::{converter, decode, decode_optional, schema_converter, types_of};
 
 enum Contents {
     Append(Vec<RecordBatch>),
@@ -134,6 +136,23 @@ impl MaterializedTable {
             }
         };
         Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
+    }
+
+    /// The current rows under the primary keys of `rows` (a batch of the physical columns):
+    /// one row per row of `rows`, all NULL where no row has that key, with whether one does.
+    /// `None` for a table without a primary key, which has no rows by key.
+    pub fn lookup(&self, rows: &RecordBatch) -> Result<Option<(RecordBatch, Vec<bool>)>> {
+        let Contents::Keyed { key_idx, key_conv, rows: map } = &self.contents else { return Ok(None) };
+        let cols: Vec<_> = key_idx.iter().map(|i| rows.column(*i).clone()).collect();
+        let keys = key_conv.convert_columns(&cols)?;
+        let stored: Vec<Option<&[u8]>> = (0..rows.num_rows()).map(|i| map.get(keys.row(i).as_ref()).map(Vec::as_slice)).collect();
+        let cols = decode_optional(&self.row_conv, &types_of(&self.schema), &stored)?;
+        let found = stored.iter().map(Option::is_some).collect();
+        // Every column nullable: a key not found is a row of NULLs.
+        let schema = Arc::new(Schema::new(
+            self.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+        ));
+        Ok(Some((RecordBatch::try_new(schema, cols)?, found)))
     }
 
     /// Number of current rows.

@@ -54,6 +54,11 @@ impl SourceOp {
         Ok(SourceOp { schema, computed: node.computed.clone(), watermark: node.watermark.clone(), normalize })
     }
 
+    /// True when the table declares a watermark.
+    pub fn declares_watermark(&self) -> bool {
+        self.watermark.is_some()
+    }
+
     /// Evaluates computed columns and returns the rows with the batch's largest watermark value
     /// (ms since the epoch), if the table declares a watermark.
     pub fn rows(&self, batch: ChangeBatch) -> Result<(ChangeBatch, Option<i64>)> {

@@ -213,6 +213,8 @@ impl Operator for WindowAggregateOp {
                 let keys = concat_batches(&self.key_schema, &std::mem::take(&mut w.new_keys))?;
                 delta.push(0);
                 delta.extend_from_slice(&we.to_le_bytes());
+                // The id of the first of these groups: ids are explicit, see `groups`.
+                delta.extend_from_slice(&((w.rows.len() - keys.num_rows()) as u32).to_le_bytes());
                 put_bytes(&mut delta, &encode_batch(&keys)?);
             }
             if !w.dirty.is_empty() {
@@ -236,6 +238,7 @@ impl Operator for WindowAggregateOp {
                     let buf = snap.buf();
                     buf.push(0);
                     buf.extend_from_slice(&we.to_le_bytes());
+                    buf.extend_from_slice(&0u32.to_le_bytes());
                     put_bytes(buf, &encode_batch(&batch)?);
                     buf.push(1);
                     buf.extend_from_slice(&we.to_le_bytes());
@@ -263,12 +266,13 @@ impl Operator for WindowAggregateOp {
                 let we = rd.i64()?;
                 match tag {
                     0 => {
+                        let first = rd.u32()?;
                         let keys = decode_batch(rd.bytes()?)?;
                         let w = match windows.entry(we) {
                             std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
                             std::collections::btree_map::Entry::Vacant(e) => e.insert(GroupTable::new(key_schema, aggs)?),
                         };
-                        w.intern(key_schema, keys.columns(), gids, false)?;
+                        w.restore_keys(key_schema, first, keys.columns(), gids)?;
                     }
                     1 => {
                         let w = windows.get_mut(&we).ok_or_else(|| ExecError::CorruptState("window state before its keys".into()))?;

@@ -9,6 +9,10 @@ pub enum PlanError {
     /// The statement text is not valid SQL (42601).
     #[error("syntax error: {0}")]
     Syntax(String),
+    /// The statement nests deeper than Sluice parses and plans safely (54001, PostgreSQL's
+    /// `statement_too_complex`); the message says which limit.
+    #[error("statement too complex: {0}")]
+    TooComplex(String),
     /// Unknown table (42P01).
     #[error("table \"{0}\" does not exist")]
     UnknownTable(String),
@@ -44,7 +48,13 @@ pub enum PlanError {
 
 impl From<sqlparser::parser::ParserError> for PlanError {
     fn from(e: sqlparser::parser::ParserError) -> Self {
-        PlanError::Syntax(e.to_string())
+        match e {
+            sqlparser::parser::ParserError::RecursionLimitExceeded => PlanError::TooComplex(format!(
+                "it nests more than {} levels of expressions and subqueries",
+                crate::statement::PARSER_RECURSION_LIMIT
+            )),
+            e => PlanError::Syntax(e.to_string()),
+        }
     }
 }
 

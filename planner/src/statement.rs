@@ -3,7 +3,7 @@
 //! rewrite.
 //!
 //! Sluice's statements, with Flink SQL's syntax where Flink has one:
-//! `CREATE TABLE` (see [`crate::ddl`]), `SHOW TABLES`, `SHOW JOBS`, `STOP JOB '<id>'`,
+//! `CREATE TABLE` (see [`crate::ddl`]), `SHOW TABLES`, `SHOW JOBS`, `STOP JOB '<id>'`, `RESUME JOB '<id>'`,
 //! `DESCRIBE t` / `DESC t`, `SHOW CREATE TABLE t`, `DROP TABLE [IF EXISTS] t`, `EXPLAIN <stmt>`,
 //! and RisingWave's `FLUSH`; for connectors, ksqlDB's `CREATE SOURCE CONNECTOR` / `CREATE SINK
 //! CONNECTOR [IF NOT EXISTS] name WITH (...)`, `SHOW CONNECTORS` (or `LIST CONNECTORS`),
@@ -35,6 +35,8 @@ pub enum SluiceStatement {
     Describe(String),
     /// `STOP JOB '<id>'`.
     StopJob(String),
+    /// `RESUME JOB '<id>'`: restarts a failed or stopped job from its last complete checkpoint.
+    ResumeJob(String),
     /// `FLUSH`: wait until every persistent query has processed all input written before it.
     Flush,
     /// `DROP TABLE [IF EXISTS] t`.
@@ -72,11 +74,30 @@ pub enum SluiceStatement {
     Sql(Box<Statement>),
 }
 
+/// How deep sqlparser may recurse (each nested expression, subquery or parenthesis takes one
+/// or two levels). sqlparser's own default is 50; Sluice's daemon plans on threads with stacks
+/// large enough for this many (see `server/src/main.rs`).
+pub const PARSER_RECURSION_LIMIT: usize = 200;
+
+/// The largest [`crate::tokens::depth_bound`] of a statement Sluice parses. sqlparser builds
+/// left-deep trees for operator chains (`1 + 1 + ... + 1`, `a OR b OR ...`, `UNION` chains)
+/// without recursing, and the tree is then walked recursively by DataFusion and dropped
+/// recursively; this bound keeps those walks within the daemon's thread stacks.
+pub const MAX_EXPRESSION_DEPTH: usize = 5_000;
+
 /// Parses one statement.
 ///
-/// Errors: [`PlanError::Syntax`] (42601) when the text is not a statement Sluice knows.
+/// Errors: [`PlanError::Syntax`] (42601) when the text is not a statement Sluice knows;
+/// [`PlanError::TooComplex`] (54001) when it nests deeper than [`PARSER_RECURSION_LIMIT`] or
+/// its operator chains exceed [`MAX_EXPRESSION_DEPTH`].
 pub fn parse_statement(sql: &str) -> Result<SluiceStatement> {
     let mut c = Cursor::new(sql)?;
+    let depth = c.depth_bound();
+    if depth > MAX_EXPRESSION_DEPTH {
+        return Err(PlanError::TooComplex(format!(
+            "its expressions nest up to {depth} operators and parentheses deep; the limit is {MAX_EXPRESSION_DEPTH}"
+        )));
+    }
     if c.eat_kws(&["CREATE", "TABLE"]) {
         return Ok(SluiceStatement::CreateTable(parse_create_table(&mut c, sql)?));
     }
@@ -122,6 +143,10 @@ pub fn parse_statement(sql: &str) -> Result<SluiceStatement> {
         let id = c.string()?;
         return end(&c, SluiceStatement::StopJob(id));
     }
+    if c.eat_kws(&["RESUME", "JOB"]) {
+        let id = c.string()?;
+        return end(&c, SluiceStatement::ResumeJob(id));
+    }
     if c.eat_kw("FLUSH") {
         return end(&c, SluiceStatement::Flush);
     }
@@ -139,7 +164,10 @@ pub fn parse_statement(sql: &str) -> Result<SluiceStatement> {
         return Ok(SluiceStatement::Explain(inner.to_string()));
     }
     let rewritten = rewrite_window_tvfs(sql)?;
-    let mut stmts = Parser::parse_sql(&GenericDialect {}, &rewritten)?;
+    let mut stmts = Parser::new(&GenericDialect {})
+        .with_recursion_limit(PARSER_RECURSION_LIMIT)
+        .try_with_sql(&rewritten)?
+        .parse_statements()?;
     match stmts.len() {
         1 => Ok(SluiceStatement::Sql(Box::new(stmts.remove(0)))),
         0 => Err(PlanError::Syntax("empty statement".into())),

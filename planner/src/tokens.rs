@@ -185,6 +185,11 @@ impl Cursor {
         join_tokens(&self.toks[start..self.pos])
     }
 
+    /// [`depth_bound`] of the cursor's tokens.
+    pub fn depth_bound(&self) -> usize {
+        depth_bound(&self.toks)
+    }
+
     /// The remaining tokens as text.
     pub fn rest(&mut self) -> String {
         let s = join_tokens(&self.toks[self.pos..]);
@@ -211,7 +216,135 @@ pub fn join_tokens(toks: &[Token]) -> String {
     out
 }
 
+/// An upper bound, from the tokens alone, of how deep the statement's syntax tree (and the plan
+/// DataFusion makes of it) is: at every point, the open parentheses and brackets plus, within
+/// each of them, the operators since the last comma. A chain `1 + 1 + ... + 1` of n terms
+/// parses into a tree n deep, a list `(1, 2, ..., n)` into a flat one; a 1 MB string literal is
+/// one token.
+///
+/// Operators are the symbol tokens (`+`, `||`, `=`, `::`, ...), the keywords that join two
+/// operands or queries (`AND`, `OR`, `NOT`, `IS`, `IN`, `LIKE`, `BETWEEN`, `UNION`, `JOIN`,
+/// ...), and the commas of a `FROM` list (each one a join). Unary minus and the `AND` of
+/// `BETWEEN` count too: the bound only over-estimates.
+pub fn depth_bound(toks: &[Token]) -> usize {
+    use sqlparser::keywords::Keyword as K;
+    /// One open parenthesis: operators since its last comma, and whether a `FROM` list is open.
+    #[derive(Default)]
+    struct Level {
+        operators: usize,
+        from: bool,
+    }
+    let mut levels: Vec<Level> = vec![Level::default()];
+    let mut operators = 0usize;
+    let mut max = 0usize;
+    for t in toks {
+        let level = levels.len() - 1;
+        let mut operator = false;
+        match t {
+            Token::LParen | Token::LBracket | Token::LBrace => levels.push(Level::default()),
+            Token::RParen | Token::RBracket | Token::RBrace => {
+                if level > 0 {
+                    operators -= levels.pop().map(|l| l.operators).unwrap_or(0);
+                }
+            }
+            Token::Comma if levels[level].from => operator = true,
+            Token::Comma | Token::SemiColon => {
+                operators -= std::mem::take(&mut levels[level].operators);
+            }
+            Token::Word(w) if w.quote_style.is_none() => match w.keyword {
+                K::FROM => levels[level].from = true,
+                K::WHERE | K::GROUP | K::HAVING | K::ORDER | K::LIMIT | K::OFFSET | K::FETCH | K::WINDOW | K::QUALIFY => {
+                    levels[level].from = false
+                }
+                K::UNION | K::EXCEPT | K::INTERSECT | K::MINUS => {
+                    levels[level].from = false;
+                    operator = true;
+                }
+                K::AND
+                | K::OR
+                | K::XOR
+                | K::NOT
+                | K::IS
+                | K::IN
+                | K::LIKE
+                | K::ILIKE
+                | K::SIMILAR
+                | K::RLIKE
+                | K::REGEXP
+                | K::BETWEEN
+                | K::COLLATE
+                | K::AT
+                | K::DIV
+                | K::JOIN
+                | K::APPLY => operator = true,
+                _ => {}
+            },
+            Token::Word(_)
+            | Token::Whitespace(_)
+            | Token::EOF
+            | Token::Period
+            | Token::Number(..)
+            | Token::Char(_)
+            | Token::Placeholder(_)
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::TripleSingleQuotedString(_)
+            | Token::TripleDoubleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::DoubleQuotedByteStringLiteral(_)
+            | Token::TripleSingleQuotedByteStringLiteral(_)
+            | Token::TripleDoubleQuotedByteStringLiteral(_)
+            | Token::SingleQuotedRawStringLiteral(_)
+            | Token::DoubleQuotedRawStringLiteral(_)
+            | Token::TripleSingleQuotedRawStringLiteral(_)
+            | Token::TripleDoubleQuotedRawStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::QuoteDelimitedStringLiteral(_)
+            | Token::NationalQuoteDelimitedStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::HexStringLiteral(_) => {}
+            // Every other token is an operator symbol.
+            _ => operator = true,
+        }
+        if operator {
+            let level = levels.len() - 1;
+            levels[level].operators += 1;
+            operators += 1;
+        }
+        max = max.max(operators + levels.len() - 1);
+    }
+    max
+}
+
 /// True if `t` is the unquoted keyword `kw` (case-insensitive).
 pub fn is_kw(t: &Token, kw: &str) -> bool {
     matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(kw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bound(sql: &str) -> usize {
+        Cursor::new(sql).unwrap().depth_bound()
+    }
+
+    #[test]
+    fn depth_bound_counts_chains_and_nesting_not_lists() {
+        assert_eq!(bound("SELECT 1"), 0);
+        let sum = format!("SELECT 1{}", " + 1".repeat(2000));
+        assert_eq!(bound(&sum), 2000);
+        let parens = format!("SELECT {}1{}", "(".repeat(300), ")".repeat(300));
+        assert_eq!(bound(&parens), 300);
+        let list = format!("SELECT 1 IN ({})", vec!["1"; 10_000].join(", "));
+        assert!(bound(&list) <= 2, "{}", bound(&list));
+        let values = format!("INSERT INTO t VALUES {}", vec!["(-1, 'a' || 'b')"; 10_000].join(", "));
+        assert!(bound(&values) <= 3, "{}", bound(&values));
+        assert!(bound(&format!("SELECT '{}'", "x".repeat(1 << 20))) == 0);
+        // A FROM list is a join tree; the select list before it and GROUP BY after are lists.
+        let from = format!("SELECT a, b, c FROM {} WHERE x IN (1, 2) GROUP BY a, b", vec!["t"; 100].join(", "));
+        assert_eq!(bound(&from), 99 + 1 + 1);
+    }
 }

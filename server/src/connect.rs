@@ -138,6 +138,20 @@ impl IngestTarget for TableIngest {
         let engine = self.engine.upgrade().ok_or_else(|| ConnectorError::Write("server shutting down".into()))?;
         Ok(engine.store.put_meta(key, value)?)
     }
+
+    /// From the table's materialized state, brought up to everything appended so far (appends
+    /// are visible to readers once they return).
+    fn lookup(&self, rows: &RecordBatch) -> sluice_connectors::Result<(RecordBatch, Vec<bool>)> {
+        let engine = self.engine.upgrade().ok_or_else(|| ConnectorError::Write("server shutting down".into()))?;
+        let entry = engine.table(&self.table).map_err(write_err)?;
+        let mut m = entry.materialized.lock().unwrap();
+        let m = m.as_mut().ok_or_else(|| ConnectorError::Write(format!("table \"{}\" keeps no rows", self.table)))?;
+        let exec = |e: sluice_executor::ExecError| ConnectorError::Write(format!("table \"{}\": {e}", self.table));
+        m.catch_up(engine.log.as_ref()).map_err(exec)?;
+        m.lookup(rows)
+            .map_err(exec)?
+            .ok_or_else(|| ConnectorError::Write(format!("table \"{}\" has no primary key to look its rows up by", self.table)))
+    }
 }
 
 /// The name of a table's dead-letter table.
@@ -197,7 +211,7 @@ impl Engine {
                 let target = self.ingest(&name, None);
                 let table = name.clone();
                 self.connectors.spawn(table_key(&name), &name, "source", "postgres-cdc", &name, move |s| {
-                    capture(table, o, Vec::new(), CaptureTarget::Table { target, schema }, s)
+                    capture(table, o, Vec::new(), CaptureTarget::Table { target, schema, key: pk }, s)
                 });
             }
             External::MongoDb(m) => {
@@ -258,7 +272,7 @@ impl Engine {
                 let mut targets = BTreeMap::new();
                 for t in &def.tables {
                     let entry = self.table(t)?;
-                    targets.insert(t.clone(), (self.ingest(t, None), entry.def.physical_schema()?));
+                    targets.insert(t.clone(), (self.ingest(t, None), entry.def.physical_schema()?, entry.def.primary_key.clone()));
                 }
                 let name = def.name.clone();
                 self.connectors.spawn(def.name.clone(), &def.name, "source", POSTGRES_CONNECTOR, &def.tables.join(", "), move |s| {
@@ -330,8 +344,7 @@ impl Engine {
                 let tables = discover(&o).await.map_err(SqlError::from)?;
                 let prefix = o.topic_prefix.clone().unwrap_or_default();
                 let mut created = Vec::new();
-                for t in &tables {
-                    let (shape, _) = Route::shape(t, &prefix, &transforms).map_err(SqlError::from)?;
+                for (shape, _) in Route::shapes(&tables, &prefix, &transforms).map_err(SqlError::from)? {
                     if !self.tables.read().unwrap().contains_key(&shape.name) {
                         let sql = create_table_sql(&shape.name, &shape.schema, &shape.key);
                         let ct = match sluice_planner::parse_statement(&sql)? {
@@ -538,10 +551,10 @@ fn create_table_sql(name: &str, schema: &arrow::datatypes::Schema, key: &[String
 
 /// Where a capture task writes.
 enum CaptureTarget {
-    /// A Flink CDC table: the one captured table goes into it.
-    Table { target: Arc<dyn IngestTarget>, schema: arrow::datatypes::SchemaRef },
+    /// A Flink CDC table: the one captured table goes into it (its physical schema and key).
+    Table { target: Arc<dyn IngestTarget>, schema: arrow::datatypes::SchemaRef, key: Vec<String> },
     /// A Debezium-style connector: each captured table into the table named by its shape.
-    Tables(BTreeMap<String, (Arc<dyn IngestTarget>, arrow::datatypes::SchemaRef)>),
+    Tables(BTreeMap<String, (Arc<dyn IngestTarget>, arrow::datatypes::SchemaRef, Vec<String>)>),
 }
 
 /// A capture task: discovers the captured tables (retrying while Postgres is down), builds the
@@ -572,19 +585,19 @@ fn capture(name: String, o: PostgresCdcOptions, transforms: Vec<sluice_connector
     };
     drop(rt);
     let prefix = o.topic_prefix.clone().unwrap_or_default();
+    let shapes = match Route::shapes(&tables, &prefix, &transforms) {
+        Ok(s) => s,
+        Err(e) => {
+            status.set(TaskState::Failed, Some(e.to_string()));
+            return;
+        }
+    };
     let mut routes = Vec::new();
-    for t in tables {
-        let (shape, steps) = match Route::shape(&t, &prefix, &transforms) {
-            Ok(s) => s,
-            Err(e) => {
-                status.set(TaskState::Failed, Some(e.to_string()));
-                return;
-            }
-        };
-        let (ingest, schema) = match &target {
-            CaptureTarget::Table { target, schema } => (target.clone(), schema.clone()),
+    for (t, (shape, steps)) in tables.into_iter().zip(shapes) {
+        let (ingest, schema, key) = match &target {
+            CaptureTarget::Table { target, schema, key } => (target.clone(), schema.clone(), key.clone()),
             CaptureTarget::Tables(m) => match m.get(&shape.name) {
-                Some((t, s)) => (t.clone(), s.clone()),
+                Some((t, s, k)) => (t.clone(), s.clone(), k.clone()),
                 // A table created in Postgres after the connector: not captured until it is re-created.
                 None => continue,
             },
@@ -594,6 +607,7 @@ fn capture(name: String, o: PostgresCdcOptions, transforms: Vec<sluice_connector
             source: t,
             transforms: steps,
             target_schema: schema,
+            target_key: key,
             target: ingest,
         });
     }

@@ -63,6 +63,8 @@ pub struct CopyInTarget {
     pub table: String,
     /// The columns the data holds, in order.
     pub columns: Vec<String>,
+    /// The Arrow fields of `columns`, in the same order.
+    pub schema: SchemaRef,
     /// The data format.
     pub format: CopyFormat,
 }
@@ -301,7 +303,21 @@ impl Engine {
             SluiceStatement::DropConnector { name, if_exists } => self.drop_connector(&name, if_exists).await,
             SluiceStatement::Describe(n) => self.describe_table(&n),
             SluiceStatement::StopJob(id) => self.stop_job(&id).await,
+            SluiceStatement::ResumeJob(id) => self.resume_job(&id).await,
             SluiceStatement::Flush => {
+                // A job that could not even resume (its state refused, its plan invalid) is a
+                // failed job too: FLUSH names it until it is stopped or resumed.
+                let failed: Vec<String> = self
+                    .jobs
+                    .read()
+                    .unwrap()
+                    .values()
+                    .filter(|j| j.state == JobState::Failed)
+                    .map(|j| format!("job {} (into {}) failed: {}", j.id, j.sink, j.error.clone().unwrap_or_default()))
+                    .collect();
+                if !failed.is_empty() {
+                    return Err(SqlError::new("55000", format!("FLUSH: {}", failed.join("; "))));
+                }
                 let rt = self.runtime.clone();
                 tokio::task::spawn_blocking(move || rt.flush(FLUSH_TIMEOUT))
                     .await
@@ -412,7 +428,10 @@ impl Engine {
                     }
                 }
                 let format = CopyFormat::from_options(&options, &legacy_options)?;
-                Ok(Output::CopyIn(CopyInTarget { table: name, columns, format }))
+                let fields = entry.def.physical_schema()?;
+                let fields: Vec<Field> =
+                    columns.iter().map(|c| fields.field_with_name(c).cloned()).collect::<Result<_, _>>()?;
+                Ok(Output::CopyIn(CopyInTarget { table: name, columns, schema: Arc::new(Schema::new(fields)), format }))
             }
             Statement::Set(_) => Ok(Output::Command { tag: "SET".into(), notice: None }),
             Statement::StartTransaction { .. } => Ok(Output::Command { tag: "BEGIN".into(), notice: None }),
@@ -608,7 +627,7 @@ impl Engine {
                 .columns()
                 .iter()
                 .zip(schema.fields())
-                .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { arrow::compute::cast(c, f.data_type()) })
+                .map(|(c, f)| cast_column(c, f.data_type()))
                 .collect::<Result<Vec<_>, _>>()?;
             let data = RecordBatch::try_new(schema.clone(), cols)?;
             let n = data.num_rows();
@@ -625,7 +644,9 @@ impl Engine {
                 entry.def.name
             )));
         }
-        self.append_with(entry, batches, &[])
+        // The append fsyncs (and on the Kafka backend waits for acknowledgements): tell tokio
+        // this worker blocks, so other sessions keep being served meanwhile.
+        blocking(|| self.append_with(entry, batches, &[]))
     }
 
     /// Appends rows to a table's topic, atomically with `positions` (key, value) pairs written
@@ -644,6 +665,7 @@ impl Engine {
             }
             return Ok(0);
         }
+        let batches = batches.into_iter().map(|b| entry.def.enforce_lengths(b)).collect::<Result<Vec<_>, _>>()?;
         let schema = entry.def.physical_schema()?;
         for b in &batches {
             for (i, f) in schema.fields().iter().enumerate() {
@@ -674,26 +696,24 @@ impl Engine {
         Ok(n)
     }
 
-    /// Writes rows parsed from `COPY FROM STDIN` data.
-    pub fn copy_in(&self, target: &CopyInTarget, data: &[u8]) -> SqlResult<usize> {
+    /// Writes the rows of a `COPY FROM STDIN`, parsed by [`crate::copy::CopyParser`] into
+    /// batches of `target.schema`, in one append: all of them or none.
+    pub fn copy_in(&self, target: &CopyInTarget, parsed: Vec<RecordBatch>) -> SqlResult<usize> {
         let entry = self.table(&target.table)?;
         let physical = entry.def.physical_schema()?;
-        let fields: Vec<Field> = target
-            .columns
-            .iter()
-            .map(|c| physical.field_with_name(c).map(|f| f.clone()))
-            .collect::<Result<_, _>>()?;
-        let parsed = crate::copy::parse(data, &target.format, &Arc::new(Schema::new(fields)))?;
-        let cols: Vec<ArrayRef> = physical
-            .fields()
-            .iter()
-            .map(|f| match target.columns.iter().position(|c| c == f.name()) {
-                Some(i) => parsed.column(i).clone(),
-                None => arrow::array::new_null_array(f.data_type(), parsed.num_rows()),
-            })
-            .collect();
-        let data = RecordBatch::try_new(physical, cols)?;
-        self.append(&entry, vec![ChangeBatch::inserts(data)])
+        let mut batches = Vec::with_capacity(parsed.len());
+        for p in parsed {
+            let cols: Vec<ArrayRef> = physical
+                .fields()
+                .iter()
+                .map(|f| match target.columns.iter().position(|c| c == f.name()) {
+                    Some(i) => p.column(i).clone(),
+                    None => arrow::array::new_null_array(f.data_type(), p.num_rows()),
+                })
+                .collect();
+            batches.push(ChangeBatch::inserts(RecordBatch::try_new(physical.clone(), cols)?));
+        }
+        self.append(&entry, batches)
     }
 
     async fn insert(self: &Arc<Self>, ins: Insert, sql: &str, params: Option<ParamValues>) -> SqlResult<Output> {
@@ -732,7 +752,7 @@ impl Engine {
                 .columns()
                 .iter()
                 .zip(schema.fields())
-                .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { arrow::compute::cast(c, f.data_type()) })
+                .map(|(c, f)| cast_column(c, f.data_type()))
                 .collect::<Result<Vec<_>, _>>()?;
             // Keep the declared nullability out of the batch check; `append` reports NOT NULL.
             let relaxed = Arc::new(Schema::new(
@@ -815,6 +835,37 @@ impl Engine {
         self.store.put_job(&job)?;
         self.jobs.write().unwrap().insert(id.to_string(), job);
         Ok(Output::Command { tag: "STOP JOB".into(), notice: None })
+    }
+
+    /// `RESUME JOB '<id>'`: starts a failed or stopped job again from its last complete
+    /// checkpoint (after the cause of its failure was fixed), re-planned from its SQL. A job
+    /// whose state is refused (another plan or state format) fails again with that error.
+    ///
+    /// Errors: 42704 unknown job; 55000 the job is running.
+    async fn resume_job(&self, id: &str) -> SqlResult<Output> {
+        let _g = self.ddl.lock().await;
+        let mut job = self
+            .jobs
+            .read()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| SqlError::new("42704", format!("job '{id}' does not exist")))?;
+        if self.runtime.status(id).is_some_and(|s| s.is_running()) {
+            return Err(SqlError::new("55000", format!("job '{id}' is running")));
+        }
+        let rt = self.runtime.clone();
+        let id2 = id.to_string();
+        // Joins the ended thread of the job, if any.
+        tokio::task::spawn_blocking(move || rt.stop(&id2)).await.map_err(|e| SqlError::new("XX000", e.to_string()))?;
+        let started = self.start_job(&job).await;
+        job.state = if started.is_ok() { JobState::Running } else { JobState::Failed };
+        job.error = started.as_ref().err().map(|e| e.message.clone());
+        self.store.put_job(&job)?;
+        self.jobs.write().unwrap().insert(id.to_string(), job);
+        started?;
+        tracing::info!(job = %id, "job resumed");
+        Ok(Output::Command { tag: "RESUME JOB".into(), notice: None })
     }
 
     fn show_tables(&self) -> SqlResult<Output> {
@@ -951,6 +1002,16 @@ impl Engine {
     }
 }
 
+/// Casts a column being written to its table column's type. A value that does not convert is
+/// an error (22P02, or 22003 when out of range), never a NULL: arrow's default cast is "safe"
+/// and would store NULL instead.
+fn cast_column(c: &ArrayRef, to: &DataType) -> Result<ArrayRef, arrow::error::ArrowError> {
+    if c.data_type() == to {
+        return Ok(c.clone());
+    }
+    arrow::compute::cast_with_options(c, to, &arrow::compute::CastOptions { safe: false, ..Default::default() })
+}
+
 fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
@@ -1016,4 +1077,14 @@ fn placeholder_count_types(sql: &str) -> Vec<Option<DataType>> {
         }
     }
     vec![None; max]
+}
+
+/// Runs blocking work (an fsync, a wait for Kafka) from an async session: on the daemon's
+/// multi-threaded runtime through [`tokio::task::block_in_place`], so the worker's other tasks
+/// move to another thread; elsewhere (connector threads, current-thread runtimes) directly.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }

@@ -44,12 +44,17 @@ pub type SqlResult<T> = std::result::Result<T, SqlError>;
 fn classify_datafusion(e: &DataFusionError) -> &'static str {
     let msg = e.to_string();
     let has = |s: &str| msg.contains(s);
-    if has("non-nullable but contains null") {
+    if has("recursion limit exceeded") {
+        "54001"
+    } else if has("non-nullable but contains null") {
         "23502"
     } else if has("No field named") || has("not found in schema") {
         "42703"
     } else if has("table '") && has("not found") || has("Table or CTE with name") {
         "42P01"
+    } else if has("Can't cast value") {
+        // arrow's cast of a number that does not fit the target type.
+        "22003"
     } else if has("Cast error") || has("Cannot cast") || has("cannot be cast") || has("Parser error") || has("Unparsable") || has("invalid digit") || has("Error parsing") {
         "22P02"
     } else if has("Divide by zero") || has("division by zero") {
@@ -91,6 +96,7 @@ impl From<PlanError> for SqlError {
     fn from(e: PlanError) -> Self {
         let code = match &e {
             PlanError::Syntax(_) => "42601",
+            PlanError::TooComplex(_) => "54001",
             PlanError::UnknownTable(_) => "42P01",
             PlanError::UnknownColumn(_) => "42703",
             PlanError::AlreadyExists(_) => "42P07",
@@ -115,8 +121,23 @@ impl From<ExecError> for SqlError {
             ExecError::DataFusion(d) => SqlError::from(d),
             ExecError::Arrow(a) => SqlError::from(DataFusionError::ArrowError(Box::new(a), None)),
             ExecError::Unsupported(m) => SqlError::new("0A000", m),
-            other => SqlError::new("XX000", other.to_string()),
+            ExecError::StateMismatch(m) | ExecError::JobsFailed(m) => SqlError::new("55000", m),
+            ExecError::FlushTimeout(m) => SqlError::new("57014", m),
+            other => {
+                let m = other.to_string();
+                SqlError::new(internal_or_disk_full(&m), m)
+            }
         }
+    }
+}
+
+/// `53100` (disk_full) for a storage error that says the disk is full (RocksDB reports
+/// ENOSPC as "No space left on device"), else `XX000`.
+fn internal_or_disk_full(message: &str) -> &'static str {
+    if message.contains("No space left on device") || message.contains("ENOSPC") {
+        "53100"
+    } else {
+        "XX000"
     }
 }
 
@@ -127,7 +148,8 @@ impl From<sluice_catalog::CatalogError> for SqlError {
             C::AlreadyExists { .. } => "42P07",
             C::NotFound { .. } => "42P01",
             C::InUse(_) => "2BP01",
-            _ => "XX000",
+            C::ValueTooLong(_) => "22001",
+            _ => internal_or_disk_full(&e.to_string()),
         };
         SqlError { code, message: e.to_string() }
     }
@@ -141,7 +163,7 @@ impl From<sluice_connectors::ConnectorError> for SqlError {
             C::UnknownTopic(_) => "42P01",
             // connection_exception: the outside system is unreachable or refused.
             C::External(_) => "08000",
-            _ => "XX000",
+            _ => internal_or_disk_full(&e.to_string()),
         };
         SqlError { code, message: e.to_string() }
     }

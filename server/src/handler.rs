@@ -1,14 +1,13 @@
 //! The pgwire front end: simple and extended query protocols and `COPY FROM STDIN`, kept thin:
 //! statements go to the [`Engine`], rows come back as Arrow batches encoded by `arrow-pg` (text
 //! columns of floats and timestamps first spelled as PostgreSQL does, see [`crate::pgtext`]),
-//! and errors carry their SQLSTATE.
+//! and errors carry their SQLSTATE. Per-connection state (a `BEGIN` block, a `COPY` in
+//! progress) is the [`Session`]'s; bound parameters are decoded by [`crate::params`].
 
-use std::collections::HashMap;
 use std::fmt::Debug;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use arrow_pg::datatypes::df::deserialize_parameters;
+use arrow::datatypes::DataType;
 use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
 use async_trait::async_trait;
 use futures::{stream, Sink, SinkExt};
@@ -26,20 +25,27 @@ use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::response::NoticeResponse;
 use pgwire::messages::PgWireBackendMessage;
 
-use crate::engine::{CopyInTarget, Engine, Output};
-use crate::errors::SqlError;
+use crate::copy::CopyParser;
+use crate::engine::{Engine, Output};
+use crate::errors::{SqlError, SqlResult};
+use crate::session::{CopyIn, Session};
 
 /// Per-server handler shared by all connections.
 pub struct Handler {
     engine: Arc<Engine>,
     parser: Arc<SluiceParser>,
-    copies: Mutex<HashMap<SocketAddr, (CopyInTarget, Vec<u8>)>>,
 }
 
 impl Handler {
     /// A handler over `engine`.
     pub fn new(engine: Arc<Engine>) -> Arc<Handler> {
-        Arc::new(Handler { engine, parser: Arc::new(SluiceParser), copies: Mutex::new(HashMap::new()) })
+        Arc::new(Handler { engine, parser: Arc::new(SluiceParser) })
+    }
+
+    /// Runs one statement for `session`: the engine executes it, the session applies the
+    /// transaction-block rules to its result.
+    async fn run(&self, session: &Session, sql: &str, params: Option<datafusion::common::ParamValues>) -> SqlResult<Output> {
+        session.after(self.engine.execute(sql, params).await?)
     }
 
     async fn respond<C>(&self, client: &mut C, out: Output, format: &Format) -> PgWireResult<Response>
@@ -67,7 +73,8 @@ impl Handler {
             }
             Output::CopyIn(target) => {
                 let columns = target.columns.len();
-                self.copies.lock().unwrap().insert(client.socket_addr(), (target, Vec::new()));
+                let parser = CopyParser::new(target.format.clone(), target.schema.clone());
+                Session::of(client).start_copy(CopyIn { target, parser, error: None });
                 Response::CopyIn(CopyResponse::new(0, columns, stream::empty()))
             }
         })
@@ -105,10 +112,11 @@ impl SimpleQueryHandler for Handler {
             Ok(s) => s,
             Err(e) => return Ok(vec![error_response(e.into())]),
         };
+        let session = Session::of(client);
         let mut out = Vec::new();
         for sql in stmts {
             tracing::debug!(sql = %sluice_connectors::options::redact_sql(&sql), "simple query");
-            match self.engine.execute(&sql, None).await {
+            match self.run(&session, &sql, None).await {
                 Ok(o) => {
                     let copy = matches!(o, Output::CopyIn(_));
                     out.push(self.respond(client, o, &Format::UnifiedText).await?);
@@ -207,13 +215,12 @@ impl ExtendedQueryHandler for Handler {
     {
         let sql = &portal.statement.statement;
         let params = if portal.parameter_len() > 0 {
-            let (types, _) = self.engine.describe(sql).await.map_err(to_pg)?;
-            let inferred: Vec<Option<&arrow::datatypes::DataType>> = types.iter().map(|t| t.as_ref()).collect();
-            Some(deserialize_parameters(portal, &inferred)?)
+            let (types, _): (Vec<Option<DataType>>, _) = self.engine.describe(sql).await.map_err(to_pg)?;
+            Some(crate::params::bind(portal, &types).map_err(to_pg)?)
         } else {
             None
         };
-        match self.engine.execute(sql, params).await {
+        match self.run(&Session::of(client), sql, params).await {
             Ok(o) => self.respond(client, o, &portal.result_column_format).await,
             Err(e) => Err(to_pg(e)),
         }
@@ -222,15 +229,21 @@ impl ExtendedQueryHandler for Handler {
 
 #[async_trait]
 impl CopyHandler for Handler {
+    /// Parses the data as it arrives (see [`CopyParser`]); after an error the rest is dropped
+    /// and `CopyDone` reports it.
     async fn on_copy_data<C>(&self, client: &mut C, copy_data: CopyData) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        if let Some((_, buf)) = self.copies.lock().unwrap().get_mut(&client.socket_addr()) {
-            buf.extend_from_slice(&copy_data.data);
-        }
+        Session::of(client).with_copy(|c| {
+            if c.error.is_none() {
+                if let Err(e) = c.parser.feed(&copy_data.data) {
+                    c.error = Some(e);
+                }
+            }
+        });
         Ok(())
     }
 
@@ -240,14 +253,22 @@ impl CopyHandler for Handler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let Some((target, data)) = self.copies.lock().unwrap().remove(&client.socket_addr()) else {
+        let session = Session::of(client);
+        let Some(copy) = session.take_copy() else {
             return Err(to_pg(SqlError::new("08P01", "COPY data without a COPY statement")));
         };
+        if let Some(e) = copy.error {
+            return Err(to_pg(e));
+        }
         let engine = self.engine.clone();
-        let n = tokio::task::spawn_blocking(move || engine.copy_in(&target, &data))
-            .await
-            .map_err(|e| to_pg(SqlError::new("XX000", e.to_string())))?
-            .map_err(to_pg)?;
+        let n = tokio::task::spawn_blocking(move || {
+            let batches = copy.parser.finish()?;
+            engine.copy_in(&copy.target, batches)
+        })
+        .await
+        .map_err(|e| to_pg(SqlError::new("XX000", e.to_string())))?
+        .map_err(to_pg)?;
+        session.copied(n);
         client
             .send(PgWireBackendMessage::CommandComplete(Tag::new(&format!("COPY {n}")).into()))
             .await?;
@@ -260,7 +281,7 @@ impl CopyHandler for Handler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        self.copies.lock().unwrap().remove(&client.socket_addr());
+        Session::of(client).take_copy();
         to_pg(SqlError::new("57014", format!("COPY from stdin failed: {}", fail.message)))
     }
 }

@@ -5,7 +5,9 @@
 //! - [`engine`]: statement dispatch over the catalog, topics, jobs and DataFusion.
 //! - [`provider`]: tables as DataFusion table providers, for batch queries.
 //! - [`handler`]: the pgwire front end (simple and extended protocols, COPY).
-//! - [`copy`]: parsing of `COPY FROM STDIN` data.
+//! - [`session`]: per-connection state: the `BEGIN` block and what it changed, a COPY in progress.
+//! - [`params`]: bound parameters of the extended protocol, checked and decoded.
+//! - [`copy`]: parsing of `COPY FROM STDIN` data, as it arrives.
 //! - [`errors`]: the error type and its SQLSTATE codes.
 
 pub mod config;
@@ -14,8 +16,10 @@ pub mod copy;
 pub mod engine;
 pub mod errors;
 pub mod handler;
+pub mod params;
 pub mod pgtext;
 pub mod provider;
+pub mod session;
 
 use std::sync::Arc;
 
@@ -30,6 +34,11 @@ use crate::handler::{Handler, Handlers};
 ///
 /// Errors: the data directory cannot be opened, or the address cannot be bound.
 pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // Crash injection for tests (SLUICE_FAILPOINTS, see sluice_catalog::failpoint).
+    let armed = sluice_catalog::failpoint::arm_from_env()?;
+    if armed > 0 {
+        tracing::warn!(armed, "failpoints armed from SLUICE_FAILPOINTS");
+    }
     let engine = Engine::open_with(&config.data_dir, config.kafka_bootstrap.clone(), &config.kafka_topic_prefix).await?;
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;

@@ -16,6 +16,13 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// `mi_option_arena_eager_commit` (index 4): commit arena memory up front.
 const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 
+/// Stack size of the runtime's threads (workers and blocking threads alike). Statements are
+/// parsed, planned and evaluated on them, and sqlparser and DataFusion walk a statement's
+/// trees recursively; the planner refuses statements deeper than this stack holds
+/// (`sluice_planner::statement::MAX_EXPRESSION_DEPTH`, SQLSTATE 54001). Only the pages a
+/// thread touches are backed by memory.
+const THREAD_STACK_BYTES: usize = 64 << 20;
+
 fn main() {
     // SAFETY: sets a process-wide allocator option before any thread is started.
     unsafe {
@@ -32,7 +39,11 @@ fn main() {
     };
     let filter = std::env::var("RUST_LOG").ok().map(EnvFilter::new).unwrap_or_else(|| EnvFilter::new(&config.log));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(THREAD_STACK_BYTES)
+        .build()
+        .expect("tokio runtime");
     if let Err(e) = rt.block_on(sluice_server::run(config)) {
         eprintln!("sluice: {e}");
         std::process::exit(1);

@@ -17,8 +17,8 @@ use sluice_connectors::options::TableConnector;
 use sluice_connectors::TopicLog;
 use sluice_executor::MaterializedTable;
 
-/// Largest number of rows a batch query generates from a bounded `datagen` table.
-const MAX_DATAGEN_ROWS: u64 = 1_000_000;
+/// Rows per batch a batch query of a bounded `datagen` table generates at a time.
+const DATAGEN_BATCH_ROWS: usize = 65_536;
 
 /// A table of the catalog: its definition and, for topic-backed tables, its materialization.
 pub struct TableEntry {
@@ -43,7 +43,8 @@ impl std::fmt::Debug for TableEntry {
 impl TableEntry {
     /// The table's current rows in its full schema.
     ///
-    /// Errors: an unbounded `datagen` table cannot be read as a batch.
+    /// Errors: a `datagen` table is not materialized (batch scans stream it, see
+    /// [`DatagenPartition`]).
     pub fn current_rows(&self, log: &dyn TopicLog) -> DfResult<RecordBatch> {
         let physical = match &self.connector {
             TableConnector::Topic { .. } => {
@@ -52,28 +53,70 @@ impl TableEntry {
                 m.catch_up(log).map_err(ext)?;
                 m.snapshot().map_err(ext)?
             }
-            TableConnector::Datagen(opts) => {
-                let total = opts.total_rows().ok_or_else(|| {
-                    DataFusionError::NotImplemented(format!(
-                        "table \"{}\" is an unbounded datagen source: set 'number-of-rows' or read it with a persistent query",
-                        self.def.name
-                    ))
-                })?;
-                opts.generate(&self.def.physical_schema().map_err(ext)?, 0, total.min(MAX_DATAGEN_ROWS) as usize)
-                    .map_err(ext)?
+            TableConnector::Datagen(_) => {
+                return Err(DataFusionError::Internal(format!("datagen table \"{}\" is streamed, not materialized", self.def.name)))
             }
             TableConnector::Blackhole => return Ok(RecordBatch::new_empty(self.schema.clone())),
         };
-        match &self.computed {
-            None => Ok(RecordBatch::try_new(self.schema.clone(), physical.columns().to_vec())?),
-            Some(exprs) => {
-                let cols = exprs
-                    .iter()
-                    .map(|e| e.evaluate(&physical)?.into_array(physical.num_rows()))
-                    .collect::<DfResult<Vec<_>>>()?;
-                Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
-            }
+        with_computed(&self.schema, self.computed.as_deref(), physical)
+    }
+}
+
+/// The full row (physical and computed columns) of physical rows.
+fn with_computed(schema: &SchemaRef, computed: Option<&[ExprRef]>, physical: RecordBatch) -> DfResult<RecordBatch> {
+    match computed {
+        None => Ok(RecordBatch::try_new(schema.clone(), physical.columns().to_vec())?),
+        Some(exprs) => {
+            let cols =
+                exprs.iter().map(|e| e.evaluate(&physical)?.into_array(physical.num_rows())).collect::<DfResult<Vec<_>>>()?;
+            Ok(RecordBatch::try_new(schema.clone(), cols)?)
         }
+    }
+}
+
+/// A batch scan of a bounded `datagen` table: every row it will ever produce (as Flink's
+/// bounded `datagen` source reads in batch mode), generated lazily in batches of
+/// [`DATAGEN_BATCH_ROWS`], so memory stays bounded and a `LIMIT` stops generation early. An
+/// unbounded one is refused (SQLSTATE 0A000) rather than cut at some size.
+#[derive(Debug)]
+pub struct DatagenPartition {
+    entry: Arc<TableEntry>,
+    opts: sluice_connectors::datagen::DatagenOptions,
+    physical: SchemaRef,
+    rows: u64,
+}
+
+impl DatagenPartition {
+    /// Errors: the table is unbounded.
+    fn try_new(entry: Arc<TableEntry>, opts: &sluice_connectors::datagen::DatagenOptions, limit: Option<usize>) -> DfResult<Self> {
+        let total = opts.total_rows().ok_or_else(|| {
+            DataFusionError::NotImplemented(format!(
+                "table \"{}\" is an unbounded datagen source, which a batch query would never finish reading: set 'number-of-rows' (or a sequence's end), or read it with a persistent query",
+                entry.def.name
+            ))
+        })?;
+        let rows = limit.map_or(total, |l| total.min(l as u64));
+        let physical = entry.def.physical_schema().map_err(ext)?;
+        Ok(DatagenPartition { opts: opts.clone(), physical, rows, entry })
+    }
+}
+
+impl datafusion::physical_plan::streaming::PartitionStream for DatagenPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.entry.schema
+    }
+
+    fn execute(&self, _ctx: Arc<datafusion::execution::TaskContext>) -> datafusion::execution::SendableRecordBatchStream {
+        let (entry, opts, physical, rows) = (self.entry.clone(), self.opts.clone(), self.physical.clone(), self.rows);
+        let batches = (0..rows).step_by(DATAGEN_BATCH_ROWS).map(move |from| {
+            let n = DATAGEN_BATCH_ROWS.min((rows - from) as usize);
+            let batch = opts.generate(&physical, from, n).map_err(ext)?;
+            with_computed(&entry.schema, entry.computed.as_deref(), batch)
+        });
+        Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+            self.entry.schema.clone(),
+            futures::stream::iter(batches),
+        ))
     }
 }
 
@@ -119,9 +162,22 @@ impl TableProvider for SluiceTable {
         _state: &dyn Session,
         projection: Option<&Vec<usize>>,
         _filters: &[Expr],
-        _limit: Option<usize>,
+        limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let batch = self.entry.current_rows(self.log.0.as_ref())?;
+        if let TableConnector::Datagen(opts) = &self.entry.connector {
+            let part = DatagenPartition::try_new(self.entry.clone(), opts, limit)?;
+            let exec = datafusion::physical_plan::streaming::StreamingTableExec::try_new(
+                self.entry.schema.clone(),
+                vec![Arc::new(part)],
+                projection,
+                Vec::<datafusion::physical_expr::LexOrdering>::new(),
+                false,
+                limit,
+            )?;
+            return Ok(Arc::new(exec));
+        }
+        // Catching up reads the log (RocksDB, or Kafka on that backend): off the async worker.
+        let batch = crate::engine::blocking(|| self.entry.current_rows(self.log.0.as_ref()))?;
         single_batch_exec(batch, &self.entry.schema, projection)
     }
 }

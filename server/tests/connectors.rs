@@ -755,3 +755,132 @@ async fn kafka_topic_backend_survives_sigkill() {
     .await;
     drop(server);
 }
+
+/// `DESCRIBE CONNECTOR name` as `property=value` text, for failure messages.
+async fn described(client: &tokio_postgres::Client, name: &str) -> String {
+    let props = rows(client, &format!("DESCRIBE CONNECTOR {name}")).await;
+    props.iter().map(|r| format!("{}={}", r[0].as_deref().unwrap_or(""), r[1].as_deref().unwrap_or(""))).collect::<Vec<_>>().join(", ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cdc_update_keeps_unchanged_toast_value() {
+    let pgs = services::postgres("toast");
+    let pg = pg_client(&pgs).await;
+    // `body` is >8 KB of random hex, stored out of line uncompressed (STORAGE EXTERNAL), so an
+    // UPDATE that does not touch it sends it as "unchanged TOAST" ('u'), without the value.
+    pg.batch_execute(
+        "CREATE TABLE docs (id BIGINT PRIMARY KEY, title TEXT, body TEXT);
+         ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;
+         INSERT INTO docs SELECT 1, 'snapshot', string_agg(md5(random()::text), '') FROM generate_series(1, 400);",
+    )
+    .await
+    .unwrap();
+    let dir = temp_dir("pg-toast");
+    let server = start(&dir);
+    let client = connect(server.port()).await;
+    exec(
+        &client,
+        &format!(
+            "CREATE TABLE docs (id BIGINT, title STRING, body STRING, PRIMARY KEY (id) NOT ENFORCED) \
+             WITH ('connector' = 'postgres-cdc', 'hostname' = '127.0.0.1', 'port' = '{}', 'username' = 'postgres', \
+             'password' = 'pw', 'database-name' = 'postgres', 'schema-name' = 'public', 'table-name' = 'docs', \
+             'slot.name' = 'sluice_docs', 'decoding.plugin.name' = 'pgoutput')",
+            pgs.port
+        ),
+    )
+    .await;
+    eventually(60, "snapshot", || async { count(&client, "SELECT count(*) FROM docs").await == 1 }).await;
+    // A row captured from the stream rather than the snapshot.
+    pg.batch_execute("INSERT INTO docs SELECT 2, 'streamed', string_agg(md5(random()::text), '') FROM generate_series(1, 400)")
+        .await
+        .unwrap();
+    eventually(60, "streamed insert", || async { count(&client, "SELECT count(*) FROM docs").await == 2 }).await;
+    // Updates of another column: of rows Sluice already holds, and of a row inserted in the same
+    // transaction (so not yet in Sluice's table when the update is captured).
+    pg.batch_execute(
+        "UPDATE docs SET title = 'updated';
+         BEGIN;
+         INSERT INTO docs SELECT 3, 'new', string_agg(md5(random()::text), '') FROM generate_series(1, 400);
+         UPDATE docs SET title = 'new, updated' WHERE id = 3;
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    let want = pg_rows(&pg, "SELECT id::text, title, body FROM docs").await;
+    assert_eq!(want.len(), 3);
+    assert!(want.iter().all(|r| r[2].as_ref().is_some_and(|b| b.len() == 12_800)), "large values in Postgres");
+    let mut got = Vec::new();
+    for _ in 0..300 {
+        got = rows(&client, "SELECT id, title, body FROM docs").await;
+        if got.iter().filter(|r| r[1].as_deref().is_some_and(|t| t.contains("updated"))).count() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = |rows: &[Vec<Option<String>>]| {
+        rows.iter().map(|r| format!("{:?} {:?} {:?}", r[0], r[1], r[2].as_ref().map(|b| b.len()))).collect::<Vec<_>>()
+    };
+    assert!(got == want, "Sluice {:?}, Postgres {:?}; connector: {}", text(&got), text(&want), described(&client, "docs").await);
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mask_field_over_tables_masks_only_those_with_the_field() {
+    let pgs = services::postgres("mask2");
+    let pg = pg_client(&pgs).await;
+    pg.batch_execute(
+        "CREATE TABLE customers (id BIGINT PRIMARY KEY, name TEXT, email TEXT);
+         CREATE TABLE order_items (id BIGINT PRIMARY KEY, sku TEXT, qty INT);
+         INSERT INTO customers SELECT i, 'c' || i, 'c' || i || '@x.io' FROM generate_series(1, 5) i;
+         INSERT INTO order_items SELECT i, 'sku-' || i, i * 2 FROM generate_series(1, 7) i;",
+    )
+    .await
+    .unwrap();
+    let dir = temp_dir("pg-mask2");
+    let server = start(&dir);
+    let client = connect(server.port()).await;
+    let connector = |name: &str, fields: &str| {
+        format!(
+            "CREATE SOURCE CONNECTOR {name} WITH (
+               'connector.class' = 'io.debezium.connector.postgresql.PostgresConnector',
+               'database.hostname' = '127.0.0.1', 'database.port' = '{}', 'database.user' = 'postgres',
+               'database.password' = 'pw', 'database.dbname' = 'postgres', 'topic.prefix' = 'pg',
+               'table.include.list' = 'public.customers,public.order_items', 'slot.name' = 'slot_{name}',
+               'publication.name' = 'pub_{name}',
+               'transforms' = 'mask',
+               'transforms.mask.type' = 'org.apache.kafka.connect.transforms.MaskField$Value',
+               'transforms.mask.fields' = '{fields}')",
+            pgs.port
+        )
+    };
+    // A field that no captured table has is a mistake.
+    let err = client.batch_execute(&connector("typo", "emial")).await.unwrap_err();
+    assert_eq!(err.as_db_error().map(|d| d.code().code()), Some("22023"), "{err:?}");
+    assert!(err.as_db_error().unwrap().message().contains("emial"), "{err:?}");
+    // A field only one of them has: masked there, the other table's rows pass through.
+    exec(&client, &connector("pgm", "email")).await;
+    pg.batch_execute(
+        "INSERT INTO customers VALUES (6, 'c6', 'c6@x.io');
+         UPDATE customers SET email = 'new@x.io' WHERE id = 1;
+         INSERT INTO order_items VALUES (8, 'sku-8', 16);
+         UPDATE order_items SET qty = 100 WHERE id = 1;",
+    )
+    .await
+    .unwrap();
+    let want_customers = pg_rows(&pg, "SELECT id::text, name, '' FROM customers").await;
+    let want_items = pg_rows(&pg, "SELECT id::text, sku, qty::text FROM order_items").await;
+    let (mut customers, mut items) = (Vec::new(), Vec::new());
+    for _ in 0..300 {
+        customers = rows(&client, "SELECT id, name, email FROM `pg.public.customers`").await;
+        items = rows(&client, "SELECT id, sku, qty FROM `pg.public.order_items`").await;
+        if customers == want_customers && items == want_items {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let state = described(&client, "pgm").await;
+    assert_eq!(customers, want_customers, "{state}");
+    assert_eq!(items, want_items, "{state}");
+    exec(&client, "DROP CONNECTOR pgm").await;
+    drop(server);
+}

@@ -102,3 +102,239 @@ fn ssl_request_is_refused_cleanly() {
     assert_eq!(b[0], b'N');
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs `sql` with the simple protocol: Ok(rows as text) or Err(SQLSTATE). Panics when the
+/// answer is not a server error (the daemon died or closed the connection).
+async fn answer(c: &tokio_postgres::Client, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
+    match c.simple_query(sql).await {
+        Ok(msgs) => Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()),
+                _ => None,
+            })
+            .collect()),
+        Err(e) => match e.as_db_error() {
+            Some(db) => Err(db.code().code().to_string()),
+            None => panic!("no answer to a {}-byte statement {:?}...: {e:?}", sql.len(), &sql[..sql.len().min(60)]),
+        },
+    }
+}
+
+async fn copy(c: &tokio_postgres::Client, stmt: &str, data: &'static [u8]) -> Result<u64, tokio_postgres::Error> {
+    let sink = c.copy_in(stmt).await?;
+    futures::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(data)).await?;
+    sink.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_takes_one_row_per_line_and_refuses_open_quotes() {
+    let dir = temp_dir("copy-lines");
+    let server = start(&dir);
+    let c = connect(server.port()).await;
+    exec(&c, "CREATE TABLE one (s STRING)").await;
+    exec(&c, "CREATE TABLE two (a BIGINT, s STRING)").await;
+
+    // Text format: the newline that ends the last line does not start another row.
+    assert_eq!(copy(&c, "COPY one FROM STDIN", b"a\nb\nc\n").await.unwrap(), 3);
+    assert_eq!(copy(&c, "COPY one FROM STDIN", b"d\ne\n\\.\n").await.unwrap(), 2);
+    assert_eq!(copy(&c, "COPY two FROM STDIN", b"1\ta\n2\tb\n3\tc\n").await.unwrap(), 3);
+    assert_eq!(rows(&c, "SELECT count(*) FROM one").await, vec![vec![Some("5".into())]]);
+    assert_eq!(rows(&c, "SELECT count(*), count(s) FROM two").await, vec![vec![Some("3".into()), Some("3".into())]]);
+    // CSV likewise; a quoted empty field is the empty string, an unquoted one NULL.
+    assert_eq!(copy(&c, "COPY one FROM STDIN WITH (FORMAT csv)", b"x\n\"\"\n\n").await.unwrap(), 3);
+    assert_eq!(
+        rows(&c, "SELECT s FROM one WHERE s IS NULL OR s = '' OR s = 'x'").await,
+        vec![vec![None], vec![Some("".into())], vec![Some("x".into())]]
+    );
+
+    // A quote left open would swallow the next records into one field: refused, nothing written.
+    for (stmt, data) in [
+        ("COPY two FROM STDIN WITH (FORMAT csv)", &b"4,ok\n5,\"open\n6,next\n"[..]),
+        ("COPY one FROM STDIN WITH (FORMAT csv)", &b"fine\n\"open\nnext\n"[..]),
+    ] {
+        let sink = c.copy_in(stmt).await.unwrap();
+        futures::pin_mut!(sink);
+        sink.send(bytes::Bytes::copy_from_slice(data)).await.unwrap();
+        let err = sink.finish().await.unwrap_err();
+        let db = err.as_db_error().expect("server error");
+        assert_eq!(db.code().code(), "22P02", "{}", db.message());
+        assert!(db.message().contains("line 2") && db.message().contains("unterminated"), "{}", db.message());
+    }
+    assert_eq!(rows(&c, "SELECT count(*) FROM one").await, vec![vec![Some("8".into())]]);
+    assert_eq!(rows(&c, "SELECT count(*) FROM two").await, vec![vec![Some("3".into())]]);
+
+    // Data sent in many small messages, split inside fields and quotes, parses the same.
+    let sink = c.copy_in("COPY two FROM STDIN WITH (FORMAT csv)").await.unwrap();
+    futures::pin_mut!(sink);
+    let mut data = Vec::new();
+    for i in 0..20_000 {
+        data.extend_from_slice(format!("{i},\"line\nbreak, \"\"quoted\"\"\"\n").as_bytes());
+    }
+    for piece in data.chunks(1000) {
+        sink.send(bytes::Bytes::copy_from_slice(piece)).await.unwrap();
+    }
+    assert_eq!(sink.finish().await.unwrap(), 20_000);
+    assert_eq!(
+        rows(&c, "SELECT count(*), min(s) FROM two WHERE a >= 0 AND s LIKE 'line%'").await,
+        vec![vec![Some("20000".into()), Some("line\nbreak, \"quoted\"".into())]]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// sqlparser builds operator chains without recursing and DataFusion then walks them
+/// recursively: deep statements must get an answer (a result or 54001), never crash the daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_statements_are_answered_or_refused() {
+    let dir = temp_dir("deep");
+    let server = start(&dir);
+    let c = connect(server.port()).await;
+    exec(&c, "CREATE TABLE deep (a BIGINT)").await;
+
+    fn shape(kind: usize, n: usize) -> String {
+        match kind {
+            0 => format!("SELECT 1{}", " + 1".repeat(n - 1)),
+            1 => format!("SELECT {}1{}", "(".repeat(n), ")".repeat(n)),
+            2 => format!("SELECT 1 IN ({})", (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(", ")),
+            3 => format!("SELECT length('{}')", "x".repeat(n)),
+            4 => format!("SELECT 1 WHERE 1 = 1{}", " AND 1 = 1".repeat(n - 1)),
+            5 => format!("SELECT 'a'{}", " || 'a'".repeat(n - 1)),
+            6 => format!("SELECT {}1{}", "(SELECT ".repeat(n), ")".repeat(n)),
+            7 => format!("SELECT {}1{}", "abs(".repeat(n), ")".repeat(n)),
+            8 => format!("SELECT {}1", "- ".repeat(n)),
+            9 => format!("SELECT 1{}", " UNION ALL SELECT 1".repeat(n - 1)),
+            10 => format!("SELECT 1{}", "::BIGINT".repeat(n)),
+            11 => format!("SELECT {}true", "NOT ".repeat(n)),
+            12 => format!("SELECT {}1{}", "CASE WHEN true THEN ".repeat(n), " END".repeat(n)),
+            13 => format!("INSERT INTO deep VALUES {}", (0..n).map(|i| format!("({i})")).collect::<Vec<_>>().join(", ")),
+            14 => format!("SELECT count(*) FROM {}", (0..n).map(|i| format!("(SELECT 1) t{i}")).collect::<Vec<_>>().join(", ")),
+            _ => format!("SELECT a FROM deep WHERE a = 0{}", " OR a = 1".repeat(n - 1)),
+        }
+    }
+    const KINDS: usize = 16;
+
+    // The shapes named in the bug report.
+    let sum = answer(&c, &shape(0, 2000)).await;
+    assert!(sum == Ok(vec![vec![Some("2000".into())]]) || sum == Err("54001".into()), "{sum:?}");
+    assert_eq!(answer(&c, &shape(1, 5000)).await, Err("54001".into()));
+    assert_eq!(answer(&c, &shape(2, 10_000)).await, Ok(vec![vec![Some("t".into())]]));
+    assert_eq!(answer(&c, &shape(3, 1 << 20)).await, Ok(vec![vec![Some((1 << 20).to_string())]]));
+    assert_eq!(answer(&c, &shape(0, 200_000)).await, Err("54001".into()));
+    assert_eq!(answer(&c, &shape(13, 10_000)).await, Ok(vec![]));
+
+    // Every shape at sizes around the limits, then a deterministic pseudo-random mix.
+    let mut cases: Vec<(usize, usize)> = Vec::new();
+    for kind in 0..KINDS {
+        for n in [1, 10, 60, 150, 250, 1000, 4999, 5001, 30_000] {
+            cases.push((kind, n));
+        }
+    }
+    let mut seed: u64 = 0x5eed;
+    for _ in 0..60 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let kind = (seed >> 33) as usize % KINDS;
+        let n = 1 + ((seed >> 13) as usize % 100_000) / (1 + (seed >> 50) as usize % 100);
+        cases.push((kind, n));
+    }
+    for (kind, n) in cases {
+        let sql = shape(kind, n);
+        let t = std::time::Instant::now();
+        let a = answer(&c, &sql).await;
+        eprintln!("shape {kind} size {n}: {:?} in {:?}", a.as_ref().map(|r| r.len()), t.elapsed());
+        if let Err(code) = a {
+            // 54001 for what is too deep; other errors only where the shape itself is not valid
+            // for Sluice (e.g. a cross join of many tables is not supported).
+            assert!(["54001", "0A000", "42000", "42601", "22003"].contains(&code.as_str()), "shape {kind} size {n}: {code}");
+        }
+        assert_eq!(answer(&c, "SELECT 1").await, Ok(vec![vec![Some("1".into())]]), "after shape {kind} size {n}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A parameter of NUMERIC type in binary form (PostgreSQL's base-10000 digits).
+#[derive(Debug)]
+struct Numeric(&'static [i16], i16);
+
+impl tokio_postgres::types::ToSql for Numeric {
+    fn to_sql(
+        &self,
+        _ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use bytes::BufMut;
+        out.put_i16(self.0.len() as i16);
+        out.put_i16(self.1);
+        out.put_u16(0);
+        out.put_u16(0);
+        for d in self.0 {
+            out.put_i16(*d);
+        }
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(_ty: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// One byte, whatever type the parameter has.
+#[derive(Debug)]
+struct OneByte;
+
+impl tokio_postgres::types::ToSql for OneByte {
+    fn to_sql(
+        &self,
+        _ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(b"x");
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(_ty: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bound_parameters_that_do_not_fit_are_refused() {
+    use tokio_postgres::types::Type;
+    let dir = temp_dir("params");
+    let server = start(&dir);
+    let c = connect(server.port()).await;
+    exec(&c, "CREATE TABLE p (i BIGINT, d DOUBLE)").await;
+    let code = |r: Result<u64, tokio_postgres::Error>| r.unwrap_err().as_db_error().map(|d| d.code().code().to_string());
+
+    // Text bound to a BIGINT: 2**70 is out of range, 'x' no number.
+    let ins = "INSERT INTO p (i) VALUES ($1)";
+    let r = c.query_typed(ins, &[(&"1180591620717411303424", Type::TEXT)]).await.map(|_| 0);
+    assert_eq!(code(r).as_deref(), Some("22003"));
+    let r = c.query_typed(ins, &[(&"x", Type::TEXT)]).await.map(|_| 0);
+    assert_eq!(code(r).as_deref(), Some("22P02"));
+    // A NUMERIC of 2**70 (digits 11 8059 1620 7174 1130 3424) does not fit a BIGINT either.
+    let r = c.query_typed(ins, &[(&Numeric(&[11, 8059, 1620, 7174, 1130, 3424], 5), Type::NUMERIC)]).await.map(|_| 0);
+    assert_eq!(code(r).as_deref(), Some("22003"));
+    // Text and a 1-byte binary value bound to a DOUBLE.
+    let ins = "INSERT INTO p (d) VALUES ($1)";
+    let r = c.query_typed(ins, &[(&"x", Type::TEXT)]).await.map(|_| 0);
+    assert_eq!(code(r).as_deref(), Some("22P02"));
+    let stmt = c.prepare(ins).await.unwrap();
+    assert_eq!(stmt.params(), &[Type::FLOAT8]);
+    assert_eq!(code(c.execute(&stmt, &[&OneByte]).await).as_deref(), Some("08P01"));
+    assert_eq!(rows(&c, "SELECT count(*) FROM p").await, vec![vec![Some("0".into())]]);
+
+    // Values that fit are stored, text ones cast to the column's type.
+    c.query_typed("INSERT INTO p VALUES ($1, $2)", &[(&"42", Type::TEXT), (&"2.5", Type::TEXT)]).await.unwrap();
+    c.execute(&stmt, &[&1.5f64]).await.unwrap();
+    c.query_typed("INSERT INTO p (i) VALUES ($1)", &[(&Numeric(&[12], 0), Type::NUMERIC)]).await.unwrap();
+    assert_eq!(
+        rows(&c, "SELECT i, d FROM p").await,
+        vec![vec![None, Some("1.5".into())], vec![Some("12".into()), None], vec![Some("42".into()), Some("2.5".into())]]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,87 +8,11 @@
 
 mod common;
 
+use common::oracle::{check_oracle, create_pipeline, values};
 use common::{connect, exec, rows, start, temp_dir};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use rand::Rng;
-
-/// One query per streaming operator: (sink DDL columns, query, batch oracle query).
-fn queries(s: &str) -> Vec<(String, String, String)> {
-    let wm = format!("(SELECT max(ts) FROM tx_{s})");
-    vec![
-        (
-            format!("CREATE TABLE q_filter_{s} (user_id BIGINT, a2 BIGINT)"),
-            format!("SELECT user_id, amount * 2 FROM tx_{s} WHERE amount > 0"),
-            String::new(),
-        ),
-        (
-            format!("CREATE TABLE q_join_{s} (user_id BIGINT, amount BIGINT, spend BIGINT)"),
-            format!("SELECT t.user_id, t.amount, c.spend FROM tx_{s} t JOIN cust_{s} c ON t.user_id = c.id"),
-            String::new(),
-        ),
-        (
-            format!("CREATE TABLE q_left_{s} (user_id BIGINT, amount BIGINT, spend BIGINT)"),
-            format!("SELECT t.user_id, t.amount, c.spend FROM tx_{s} t LEFT JOIN cust_{s} c ON t.user_id = c.id"),
-            String::new(),
-        ),
-        (
-            // Both inputs updating, several rows per key: retractions must find their row.
-            format!("CREATE TABLE q_self_{s} (a BIGINT, spend BIGINT, b BIGINT)"),
-            format!("SELECT x.id, x.spend, y.id FROM cust_{s} x JOIN cust_{s} y ON x.spend = y.spend"),
-            String::new(),
-        ),
-        (
-            format!("CREATE TABLE q_group_{s} (user_id BIGINT, n BIGINT, total BIGINT, lo BIGINT, hi BIGINT, PRIMARY KEY (user_id) NOT ENFORCED)"),
-            format!("SELECT user_id, COUNT(*), SUM(amount), MIN(amount), MAX(amount) FROM tx_{s} GROUP BY user_id"),
-            String::new(),
-        ),
-        (
-            format!("CREATE TABLE q_joinagg_{s} (spend BIGINT, total BIGINT)"),
-            format!("SELECT c.spend, SUM(t.amount) FROM tx_{s} t JOIN cust_{s} c ON t.user_id = c.id GROUP BY c.spend"),
-            String::new(),
-        ),
-        (
-            format!("CREATE TABLE q_tumble_{s} (ws TIMESTAMP(3), we TIMESTAMP(3), user_id BIGINT, total BIGINT, n BIGINT)"),
-            format!("SELECT window_start, window_end, user_id, SUM(amount), COUNT(*) FROM TABLE(TUMBLE(TABLE tx_{s}, DESCRIPTOR(ts), INTERVAL '1' HOUR)) GROUP BY window_start, window_end, user_id"),
-            format!("SELECT window_start, window_end, user_id, SUM(amount), COUNT(*) FROM TABLE(TUMBLE(TABLE tx_{s}, DESCRIPTOR(ts), INTERVAL '1' HOUR)) WHERE window_end <= {wm} GROUP BY window_start, window_end, user_id"),
-        ),
-        (
-            format!("CREATE TABLE q_hop_{s} (ws TIMESTAMP(3), we TIMESTAMP(3), total BIGINT)"),
-            format!("SELECT window_start, window_end, SUM(amount) FROM TABLE(HOP(TABLE tx_{s}, DESCRIPTOR(ts), INTERVAL '20' MINUTE, INTERVAL '1' HOUR)) GROUP BY window_start, window_end HAVING SUM(amount) > 0"),
-            format!("SELECT window_start, window_end, SUM(amount) FROM TABLE(HOP(TABLE tx_{s}, DESCRIPTOR(ts), INTERVAL '20' MINUTE, INTERVAL '1' HOUR)) WHERE window_end <= {wm} GROUP BY window_start, window_end HAVING SUM(amount) > 0"),
-        ),
-    ]
-}
-
-async fn create_pipeline(c: &tokio_postgres::Client, s: &str) {
-    exec(c, &format!("CREATE TABLE tx_{s} (user_id BIGINT, amount BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)")).await;
-    exec(c, &format!("CREATE TABLE cust_{s} (id BIGINT, spend BIGINT, PRIMARY KEY (id) NOT ENFORCED)")).await;
-    for (ddl, q, _) in queries(s) {
-        exec(c, &ddl).await;
-        let sink = ddl.split_whitespace().nth(2).unwrap().to_string();
-        exec(c, &format!("INSERT INTO {sink} {q}")).await;
-    }
-}
-
-async fn check_oracle(c: &tokio_postgres::Client, s: &str) {
-    exec(c, "FLUSH").await;
-    for (ddl, q, oracle) in queries(s) {
-        let sink = ddl.split_whitespace().nth(2).unwrap().to_string();
-        let streaming = rows(c, &format!("SELECT * FROM {sink}")).await;
-        let batch = rows(c, if oracle.is_empty() { &q } else { &oracle }).await;
-        assert_eq!(streaming, batch, "streaming result of {sink} differs from the batch oracle\nquery: {q}");
-    }
-    let failed = rows(c, "SELECT job_id, error FROM sluice_jobs WHERE error IS NOT NULL").await;
-    assert!(failed.is_empty(), "failed jobs: {failed:?}");
-}
-
-fn values(rows: &[(i64, i64, i64)]) -> String {
-    rows.iter()
-        .map(|(u, a, m)| format!("({u}, {a}, TIMESTAMP '2024-01-01 00:00:00' + INTERVAL '{m}' MINUTE)"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 #[derive(Debug, Clone)]
 enum Step {

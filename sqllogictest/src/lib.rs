@@ -61,6 +61,8 @@ pub struct ServerProcess {
     generation: u64,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// Environment variables set (`Some`) or removed (`None`) for the daemon's next starts.
+    env: Vec<(String, Option<String>)>,
 }
 
 /// The daemon shared by every connection of one test file (and by `RESTART`).
@@ -87,6 +89,7 @@ impl ServerProcess {
             generation: 0,
             child: None,
             extra_args: Vec::new(),
+            env: Vec::new(),
         };
         server.spawn()?;
         Ok(server)
@@ -107,6 +110,28 @@ impl ServerProcess {
             generation: 0,
             child: None,
             extra_args: args.iter().map(|a| a.to_string()).collect(),
+            env: Vec::new(),
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// Like [`ServerProcess::start_with_args`], with environment variables for the daemon (kept
+    /// across restarts), e.g. `SLUICE_FAILPOINTS`.
+    pub fn start_with_env(bin: &Path, data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Self, String> {
+        let label = data_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "sluice".to_string());
+        let mut server = ServerProcess {
+            bin: bin.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            label,
+            port: 0,
+            generation: 0,
+            child: None,
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), Some(v.to_string()))).collect(),
         };
         server.spawn()?;
         Ok(server)
@@ -193,6 +218,32 @@ impl ServerProcess {
         }
     }
 
+    /// Sets (`Some`) or removes (`None`) an environment variable of the daemon from its next
+    /// start on, e.g. `SLUICE_FAILPOINTS` to arm crash injection.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.map(str::to_string)));
+    }
+
+    /// True when the daemon process has exited (an armed failpoint aborted it, or it crashed).
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(Some(_))),
+            None => true,
+        }
+    }
+
+    /// Starts the daemon again after it exited on its own, on the same data directory.
+    pub fn start_again(&mut self) -> Result<(), String> {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn()?;
+        self.generation += 1;
+        Ok(())
+    }
+
     /// Stops the daemon (gracefully, or with SIGKILL if `kill`) and starts it again on the same
     /// data directory (on a new port). If the graceful stop failed the daemon is still restarted,
     /// and the stop error is returned afterwards.
@@ -221,6 +272,12 @@ impl ServerProcess {
             .stderr(Stdio::piped());
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "warn");
+        }
+        for (k, v) in &self.env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
         }
         let mut child = cmd
             .spawn()

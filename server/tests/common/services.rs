@@ -89,9 +89,13 @@ impl Drop for Service {
 
 /// The Kafka-compatible broker noida-db (`--only kafka`).
 pub fn kafka(name: &str) -> Service {
+    kafka_on(name, free_port())
+}
+
+/// [`kafka`] on a given port (a broker that comes up where a table already points).
+pub fn kafka_on(name: &str, port: u16) -> Service {
     require("noida-db");
     let dir = fresh_dir("kafka", name);
-    let port = free_port();
     let log = dir.join("broker.log");
     // The PyPI launcher starts the real binary in a session of its own; start the binary
     // itself so that stopping the service stops the broker.

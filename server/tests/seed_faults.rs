@@ -1,0 +1,213 @@
+//! The seed-000 pipeline on real services (Postgres CDC with a mask, Kafka, join + TUMBLE, a
+//! MongoDB sink connector, every table's topic on Kafka), killed again and again at random
+//! points: with `kill -9` at a random moment after Postgres updates and new transactions, and by
+//! the daemon aborting itself right after a MongoDB bulk write, before its position is stored
+//! (the `mongo::after_bulk_write` failpoint). After every restart the oracle must hold:
+//! MongoDB holds exactly the rows of the table, and the sink task is `RUNNING`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::services::{self, eventually, pg_client, Service};
+use common::{connect, exec, rows, temp_dir};
+use rand::Rng;
+use sluice_sqllogictest::ServerProcess;
+
+async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    rows(client, sql).await[0][0].as_deref().unwrap().parse().unwrap()
+}
+
+/// Every document of the sink's collection as (user_id, card, email, total), sorted.
+async fn mongo_rows(m: &Service) -> Vec<Vec<Option<String>>> {
+    use futures::TryStreamExt;
+    let mongo = mongodb::Client::with_uri_str(format!("mongodb://{}", m.addr())).await.unwrap();
+    let coll = mongo.database("demo-db-mod").collection::<mongodb::bson::Document>("fd_possible_stolen_card");
+    let docs: Vec<mongodb::bson::Document> = coll.find(mongodb::bson::doc! {}).await.unwrap().try_collect().await.unwrap();
+    let mut got: Vec<Vec<Option<String>>> = docs
+        .iter()
+        .map(|d| {
+            vec![
+                Some(match d.get("user_id") {
+                    Some(mongodb::bson::Bson::Int64(v)) => v.to_string(),
+                    Some(mongodb::bson::Bson::Int32(v)) => v.to_string(),
+                    other => format!("{other:?}"),
+                }),
+                d.get_str("credit_card_number").ok().map(str::to_string),
+                d.get_str("email").ok().map(str::to_string),
+                Some(format!("{}", d.get_f64("total_credit_spend").unwrap_or(f64::NAN))),
+            ]
+        })
+        .collect();
+    got.sort();
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_pipeline_survives_kills_around_sink_writes() {
+    let pgs = services::postgres("seedkill");
+    let k = services::kafka("seedkill");
+    let m = services::mongo("seedkill");
+    let pg = pg_client(&pgs).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/stolen-cards/real-services");
+    pg.batch_execute(&std::fs::read_to_string(root.join("postgres-setup.sql")).unwrap()).await.unwrap();
+
+    let dir = temp_dir("seed-kill");
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_sluice"));
+    let mut server = ServerProcess::start_with_args(bin, &dir, &["--kafka-bootstrap", &k.addr()]).expect("sluice starts");
+    let client = connect(server.port()).await;
+    let pipeline = std::fs::read_to_string(root.join("pipeline.sql"))
+        .unwrap()
+        .replace("'5433'", &format!("'{}'", pgs.port))
+        .replace("127.0.0.1:9092", &k.addr())
+        .replace("127.0.0.1:27017", &m.addr());
+    for stmt in pipeline.split(";\n").map(str::trim).filter(|s| !s.is_empty() && !s.lines().all(|l| l.trim_start().starts_with("--"))) {
+        exec(&client, stmt).await;
+    }
+    drop(client);
+    let producer = |count: u32, start: &str| {
+        let out = std::process::Command::new("python3")
+            .arg(root.join("producer.py"))
+            .args(["--bootstrap", &k.addr(), "--count", &count.to_string(), "--start", start, "--stolen", "3,7"])
+            .output()
+            .expect("python3 runs");
+        assert!(out.status.success(), "producer.py: {}", String::from_utf8_lossy(&out.stderr));
+    };
+
+    let mut rng = rand::rng();
+    let mut produced = 0i64;
+    for round in 0..6u32 {
+        // A change in Postgres (which cards look stolen), then a day of transactions.
+        let user = 1 + (round * 7) % 20;
+        let spend = if round % 2 == 0 { 0.0 } else { 1e9 };
+        pg.batch_execute(&format!(r#"UPDATE "ADMIN"."CUSTOMERS" SET avg_credit_spend = {spend} WHERE id = {user}"#)).await.unwrap();
+        producer(300, &format!("2024-05-{:02} 00:00:00", round + 1));
+        produced += 300;
+        // Odd rounds: the daemon aborts itself just after one of the next MongoDB bulk writes,
+        // before their position is stored. Even rounds: kill -9 at a random moment.
+        if round % 2 == 1 {
+            let skip = rng.random_range(0..3);
+            server.set_env("SLUICE_FAILPOINTS", Some(&format!("mongo::after_bulk_write={skip}*off->return(abort)")));
+            server.restart(true).expect("restart with the failpoint");
+            for _ in 0..600 {
+                if server.exited() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            server.set_env("SLUICE_FAILPOINTS", None);
+            server.start_again().expect("start after the abort");
+        } else {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..1500))).await;
+            server.restart(true).expect("restart after kill -9");
+        }
+
+        // The oracle, after every restart: the table is complete, and MongoDB holds its rows.
+        let client = connect(server.port()).await;
+        eventually(90, "transactions consumed", || async {
+            count(&client, "SELECT count(*) FROM credit_card_transactions").await == produced
+        })
+        .await;
+        exec(&client, "FLUSH").await;
+        let mut expected = rows(&client, "SELECT user_id, credit_card_number, email, total_credit_spend FROM fd_possible_stolen_card").await;
+        expected.sort();
+        assert!(!expected.is_empty(), "round {round}: nothing flagged");
+        let mut got = Vec::new();
+        for _ in 0..300 {
+            got = mongo_rows(&m).await;
+            if got == expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let only_mongo: Vec<_> = got.iter().filter(|r| !expected.contains(r)).collect();
+        let only_sluice: Vec<_> = expected.iter().filter(|r| !got.contains(r)).collect();
+        let connectors = rows(&client, "SHOW CONNECTORS").await;
+        assert_eq!(
+            got,
+            expected,
+            "round {round}: MongoDB {} docs, Sluice {} rows; only in MongoDB {only_mongo:?}; only in Sluice {only_sluice:?}; connectors {connectors:?}",
+            got.len(),
+            expected.len()
+        );
+        assert!(
+            connectors.iter().any(|r| r[0].as_deref() == Some("stolen_cards_mongo") && r[3].as_deref() == Some("RUNNING")),
+            "round {round}: {connectors:?}"
+        );
+    }
+    drop(server);
+}
+
+/// A Kafka source whose broker is unreachable is `RETRYING` with the error, refuses writes
+/// from clients, and starts consuming once a broker listens on that address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_source_with_its_broker_down_reports_retrying_then_catches_up() {
+    let port = services::free_port();
+    let dir = temp_dir("kafka-down");
+    let server = common::start(&dir);
+    let client = connect(server.port()).await;
+    exec(
+        &client,
+        &format!(
+            "CREATE TABLE k (a BIGINT, b STRING) WITH ('connector' = 'kafka', 'topic' = 't', \
+             'properties.bootstrap.servers' = '127.0.0.1:{port}', 'scan.startup.mode' = 'earliest-offset', 'format' = 'json')"
+        ),
+    )
+    .await;
+    eventually(60, "the source to report RETRYING", || async {
+        rows(&client, "DESCRIBE CONNECTOR k").await.iter().any(|r| r[0].as_deref() == Some("state") && r[1].as_deref() == Some("RETRYING"))
+    })
+    .await;
+    let err = client.batch_execute("INSERT INTO k VALUES (1, 'x')").await.unwrap_err();
+    assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("0A000"), "{err:?}");
+    assert_eq!(count(&client, "SELECT count(*) FROM k").await, 0);
+    // The broker comes up on that port: the source catches up.
+    let k = services::kafka_on("kafka-down", port);
+    let p: rdkafka::producer::FutureProducer =
+        rdkafka::config::ClientConfig::new().set("bootstrap.servers", k.addr()).create().expect("producer");
+    for i in 0..10 {
+        p.send(rdkafka::producer::FutureRecord::<(), _>::to("t").payload(&format!("{{\"a\":{i},\"b\":\"v{i}\"}}")), Duration::from_secs(10))
+            .await
+            .expect("delivered");
+    }
+    eventually(90, "the source to consume the topic", || async { count(&client, "SELECT count(*) FROM k").await == 10 }).await;
+    assert!(rows(&client, "DESCRIBE CONNECTOR k").await.iter().any(|r| r[0].as_deref() == Some("state") && r[1].as_deref() == Some("RUNNING")));
+}
+
+/// With `'error-handling.mode' = 'log'`, a message that leaves a NOT NULL column NULL goes to
+/// the dead-letter table like one that does not decode; the task keeps running and the other
+/// messages of the same poll arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_null_in_a_not_null_column_goes_to_the_dead_letter_table() {
+    let k = services::kafka("notnull");
+    let dir = temp_dir("kafka-notnull");
+    let server = common::start(&dir);
+    let client = connect(server.port()).await;
+    let p: rdkafka::producer::FutureProducer =
+        rdkafka::config::ClientConfig::new().set("bootstrap.servers", k.addr()).create().expect("producer");
+    let messages = [r#"{"id":1,"v":"a"}"#, r#"{"v":"no id"}"#, r#"{"id":3,"v":"c"}"#, "not json", r#"{"id":null,"v":"null id"}"#, r#"{"id":6}"#];
+    for m in messages {
+        p.send(rdkafka::producer::FutureRecord::<(), _>::to("nn").payload(m), Duration::from_secs(10)).await.expect("delivered");
+    }
+    exec(
+        &client,
+        &format!(
+            "CREATE TABLE nn (id BIGINT NOT NULL, v STRING) WITH ('connector' = 'kafka', 'topic' = 'nn', \
+             'properties.bootstrap.servers' = '{}', 'scan.startup.mode' = 'earliest-offset', 'format' = 'json', 'error-handling.mode' = 'log')",
+            k.addr()
+        ),
+    )
+    .await;
+    eventually(60, "good messages and dead letters", || async {
+        count(&client, "SELECT count(*) FROM nn").await == 3 && count(&client, "SELECT count(*) FROM nn_dlq").await == 3
+    })
+    .await;
+    assert_eq!(
+        rows(&client, "SELECT id, v FROM nn").await,
+        vec![vec![Some("1".into()), Some("a".into())], vec![Some("3".into()), Some("c".into())], vec![Some("6".into()), None]]
+    );
+    let dead = rows(&client, "SELECT \"offset\", error FROM nn_dlq").await;
+    assert_eq!(dead.iter().map(|r| r[0].clone().unwrap()).collect::<Vec<_>>(), vec!["1", "3", "4"], "{dead:?}");
+    assert!(dead[0][1].as_deref().unwrap().contains("not-null"), "{dead:?}");
+    assert!(rows(&client, "DESCRIBE CONNECTOR nn").await.iter().any(|r| r[0].as_deref() == Some("state") && r[1].as_deref() == Some("RUNNING")));
+}
