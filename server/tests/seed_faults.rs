@@ -1,8 +1,8 @@
 //! The seed-000 pipeline on real services (Postgres CDC with a mask, Kafka, join + TUMBLE, a
 //! MongoDB sink connector, every table's topic on Kafka), killed again and again at random
-//! points: with `kill -9` at a random moment after Postgres updates and new transactions, and by
-//! the daemon aborting itself right after a MongoDB bulk write, before its position is stored
-//! (the `mongo::after_bulk_write` failpoint). After every restart the oracle must hold:
+//! points: with `kill -9` at a random moment after a Postgres update (before or after the new
+//! transactions), and by the daemon aborting itself right after a MongoDB bulk write, before its
+//! position is stored (the `mongo::after_bulk_write` failpoint). After every restart the oracle must hold:
 //! MongoDB holds exactly the rows of the table, and the sink task is `RUNNING`.
 
 mod common;
@@ -76,31 +76,47 @@ async fn seed_pipeline_survives_kills_around_sink_writes() {
 
     let mut rng = rand::rng();
     let mut produced = 0i64;
-    for round in 0..6u32 {
-        // A change in Postgres (which cards look stolen), then a day of transactions.
+    for round in 0..9u32 {
+        // A change in Postgres (which cards look stolen), then a day of transactions, with the
+        // daemon killed somewhere around them; three ways in turn.
         let user = 1 + (round * 7) % 20;
         let spend = if round % 2 == 0 { 0.0 } else { 1e9 };
+        let day = format!("2024-05-{:02} 00:00:00", round + 1);
         pg.batch_execute(&format!(r#"UPDATE "ADMIN"."CUSTOMERS" SET avg_credit_spend = {spend} WHERE id = {user}"#)).await.unwrap();
-        producer(300, &format!("2024-05-{:02} 00:00:00", round + 1));
-        produced += 300;
-        // Odd rounds: the daemon aborts itself just after one of the next MongoDB bulk writes,
-        // before their position is stored. Even rounds: kill -9 at a random moment.
-        if round % 2 == 1 {
-            let skip = rng.random_range(0..3);
-            server.set_env("SLUICE_FAILPOINTS", Some(&format!("mongo::after_bulk_write={skip}*off->return(abort)")));
-            server.restart(true).expect("restart with the failpoint");
-            for _ in 0..600 {
-                if server.exited() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+        match round % 3 {
+            0 => {
+                // kill -9 while the update flows through the join, the window and the sink;
+                // the day's transactions arrive after the restart.
+                tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
+                server.restart(true).expect("restart after kill -9");
+                producer(300, &day);
             }
-            server.set_env("SLUICE_FAILPOINTS", None);
-            server.start_again().expect("start after the abort");
-        } else {
-            tokio::time::sleep(Duration::from_millis(rng.random_range(0..1500))).await;
-            server.restart(true).expect("restart after kill -9");
+            1 => {
+                // kill -9 at a random moment while the day's transactions are processed.
+                producer(300, &day);
+                tokio::time::sleep(Duration::from_millis(rng.random_range(0..1500))).await;
+                server.restart(true).expect("restart after kill -9");
+            }
+            _ => {
+                // The daemon aborts itself right after a MongoDB bulk write, before the sink's
+                // position is stored; then it starts again.
+                server.set_env("SLUICE_FAILPOINTS", Some("mongo::after_bulk_write=return(abort)"));
+                server.restart(true).expect("restart with the failpoint");
+                producer(300, &day);
+                let mut aborted = false;
+                for _ in 0..600 {
+                    if server.exited() {
+                        aborted = true;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                assert!(aborted, "round {round}: the sink wrote nothing, so the failpoint never fired");
+                server.set_env("SLUICE_FAILPOINTS", None);
+                server.start_again().expect("start after the abort");
+            }
         }
+        produced += 300;
 
         // The oracle, after every restart: the table is complete, and MongoDB holds its rows.
         let client = connect(server.port()).await;
