@@ -708,6 +708,8 @@ impl KafkaSink {
                     let e = producer.context().last_error.lock().unwrap().clone().unwrap_or_default();
                     return Err(Retry(format!("kafka: {failed} messages not delivered: {e}")));
                 }
+                // Crash injection: produced (and committed) but the position not yet stored.
+                sluice_catalog::failpoint::check("kafka_sink::after_produce").map_err(Fatal)?;
                 target
                     .put_position(&sink_position_key(&self.table, p), &next.to_be_bytes())
                     .map_err(|e| Fatal(e.to_string()))?;

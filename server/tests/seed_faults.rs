@@ -227,3 +227,69 @@ async fn a_null_in_a_not_null_column_goes_to_the_dead_letter_table() {
     assert!(dead[0][1].as_deref().unwrap().contains("not-null"), "{dead:?}");
     assert!(rows(&client, "DESCRIBE CONNECTOR nn").await.iter().any(|r| r[0].as_deref() == Some("state") && r[1].as_deref() == Some("RUNNING")));
 }
+
+/// The Kafka topic backend aborted at its commit boundaries: after an append's write-ahead
+/// entry is durable but before Kafka has it, between produce and acknowledgement, and after
+/// the acknowledgement before the entry is deleted. After each abort the daemon starts again,
+/// finishes the append, and the persistent query's table equals the batch query over the same
+/// input, with every row of the input in its Kafka topic once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_backend_aborts_at_its_commit_boundaries() {
+    let k = services::kafka("walabort");
+    let dir = temp_dir("kafka-wal-abort");
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_sluice"));
+    let mut server = ServerProcess::start_with_args(bin, &dir, &["--kafka-bootstrap", &k.addr()]).expect("sluice starts");
+    let client = connect(server.port()).await;
+    exec(&client, "CREATE TABLE tx (user_id BIGINT, amount BIGINT) WITH ('partitions' = '2')").await;
+    exec(&client, "CREATE TABLE spend (user_id BIGINT, total BIGINT, n BIGINT, PRIMARY KEY (user_id) NOT ENFORCED)").await;
+    let query = "SELECT user_id, SUM(amount), COUNT(*) FROM tx GROUP BY user_id";
+    exec(&client, &format!("INSERT INTO spend {query}")).await;
+    drop(client);
+    let mut acknowledged = 0usize;
+    let mut rng = rand::rng();
+    for (round, point) in ["kafka_log::after_wal", "kafka_log::before_ack", "kafka_log::after_ack"].into_iter().enumerate() {
+        let skip = rng.random_range(0..4);
+        server.set_env("SLUICE_FAILPOINTS", Some(&format!("{point}={skip}*off->1*return(abort)")));
+        server.restart(false).expect("restart with the failpoint");
+        let c = connect(server.port()).await;
+        for i in 0..40 {
+            let values: Vec<String> = (0..50).map(|j| format!("({}, {})", (i * 7 + j + round) % 13, j % 9)).collect();
+            if c.batch_execute(&format!("INSERT INTO tx VALUES {}", values.join(", "))).await.is_err() {
+                break;
+            }
+            acknowledged += 1;
+        }
+        drop(c);
+        for _ in 0..200 {
+            if server.exited() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(server.exited(), "{point}: the failpoint never fired");
+        server.set_env("SLUICE_FAILPOINTS", None);
+        server.start_again().expect("start after the abort");
+        let c = connect(server.port()).await;
+        let n = count(&c, "SELECT count(*) FROM tx").await as usize;
+        // Every INSERT that returned is there; the one cut off is there whole or not at all.
+        assert!(n >= acknowledged * 50 && n % 50 == 0, "{point}: {n} rows after {acknowledged} acknowledged INSERTs");
+        acknowledged = n / 50;
+        exec(&c, "FLUSH").await;
+        assert_eq!(rows(&c, "SELECT * FROM spend").await, rows(&c, query).await, "{point}: the job's table differs from the batch query");
+    }
+    // Each row of tx is in its Kafka topic once.
+    let c = connect(server.port()).await;
+    let n = count(&c, "SELECT count(*) FROM tx").await as usize;
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", k.addr())
+        .set("group.id", "walabort-check")
+        .create()
+        .unwrap();
+    let mut in_kafka = 0i64;
+    for p in 0..2 {
+        use rdkafka::consumer::Consumer;
+        let (low, high) = consumer.fetch_watermarks("sluice.tx", p, Duration::from_secs(10)).unwrap();
+        in_kafka += high - low;
+    }
+    assert_eq!(in_kafka as usize, n, "sluice.tx holds every row once");
+}
