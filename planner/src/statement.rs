@@ -79,23 +79,36 @@ pub enum SluiceStatement {
 /// large enough for this many (see `server/src/main.rs`).
 pub const PARSER_RECURSION_LIMIT: usize = 200;
 
-/// The largest [`crate::tokens::depth_bound`] of a statement Sluice parses. sqlparser builds
-/// left-deep trees for operator chains (`1 + 1 + ... + 1`, `a OR b OR ...`, `UNION` chains)
-/// without recursing, and the tree is then walked recursively by DataFusion and dropped
-/// recursively; this bound keeps those walks within the daemon's thread stacks.
-pub const MAX_EXPRESSION_DEPTH: usize = 5_000;
+/// The largest [`crate::tokens::Nesting::depth`] of a statement Sluice parses. sqlparser builds left-deep
+/// trees for operator chains (`1 + 1 + ... + 1`, `a OR b OR ...`, `UNION` chains) without
+/// recursing, and DataFusion then walks the tree recursively (and in time quadratic in its
+/// depth: a sum of 2 000 terms plans in seconds); this bound keeps those walks within the
+/// daemon's thread stacks.
+pub const MAX_EXPRESSION_DEPTH: usize = 3_000;
+
+/// The largest [`crate::tokens::Nesting::subqueries`] of a statement Sluice parses: DataFusion's planning time
+/// doubles with every level of subqueries nested in expressions (20 levels take seconds, 25
+/// minutes).
+pub const MAX_SUBQUERY_DEPTH: usize = 16;
 
 /// Parses one statement.
 ///
 /// Errors: [`PlanError::Syntax`] (42601) when the text is not a statement Sluice knows;
-/// [`PlanError::TooComplex`] (54001) when it nests deeper than [`PARSER_RECURSION_LIMIT`] or
-/// its operator chains exceed [`MAX_EXPRESSION_DEPTH`].
+/// [`PlanError::TooComplex`] (54001) when it nests deeper than [`PARSER_RECURSION_LIMIT`],
+/// [`MAX_EXPRESSION_DEPTH`] or [`MAX_SUBQUERY_DEPTH`].
 pub fn parse_statement(sql: &str) -> Result<SluiceStatement> {
     let mut c = Cursor::new(sql)?;
-    let depth = c.depth_bound();
-    if depth > MAX_EXPRESSION_DEPTH {
+    let nesting = c.nesting();
+    if nesting.depth > MAX_EXPRESSION_DEPTH {
         return Err(PlanError::TooComplex(format!(
-            "its expressions nest up to {depth} operators and parentheses deep; the limit is {MAX_EXPRESSION_DEPTH}"
+            "its expressions nest up to {} operators and parentheses deep; the limit is {MAX_EXPRESSION_DEPTH}",
+            nesting.depth
+        )));
+    }
+    if nesting.subqueries > MAX_SUBQUERY_DEPTH {
+        return Err(PlanError::TooComplex(format!(
+            "it nests {} subqueries in expressions; the limit is {MAX_SUBQUERY_DEPTH}",
+            nesting.subqueries
         )));
     }
     if c.eat_kws(&["CREATE", "TABLE"]) {

@@ -185,9 +185,9 @@ impl Cursor {
         join_tokens(&self.toks[start..self.pos])
     }
 
-    /// [`depth_bound`] of the cursor's tokens.
-    pub fn depth_bound(&self) -> usize {
-        depth_bound(&self.toks)
+    /// [`nesting`] of the cursor's tokens.
+    pub fn nesting(&self) -> Nesting {
+        nesting(&self.toks)
     }
 
     /// The remaining tokens as text.
@@ -216,35 +216,64 @@ pub fn join_tokens(toks: &[Token]) -> String {
     out
 }
 
-/// An upper bound, from the tokens alone, of how deep the statement's syntax tree (and the plan
-/// DataFusion makes of it) is: at every point, the open parentheses and brackets plus, within
-/// each of them, the operators since the last comma. A chain `1 + 1 + ... + 1` of n terms
-/// parses into a tree n deep, a list `(1, 2, ..., n)` into a flat one; a 1 MB string literal is
-/// one token.
+/// How deeply a statement nests, measured on its tokens (see [`nesting`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nesting {
+    /// An upper bound of the depth of the statement's syntax tree (and of the plan DataFusion
+    /// makes of it): at every point, the open parentheses and brackets plus, within each of
+    /// them, the operators since the last comma.
+    pub depth: usize,
+    /// How many subqueries in expressions (`(SELECT ...)`, `IN (SELECT ...)`, `EXISTS (...)`)
+    /// are open at most at one point; derived tables (`FROM (SELECT ...)`), CTE bodies and
+    /// set-operation operands do not count.
+    pub subqueries: usize,
+}
+
+/// Measures how deeply `toks` (without whitespace) nest, from the tokens alone, before
+/// anything parses them.
 ///
-/// Operators are the symbol tokens (`+`, `||`, `=`, `::`, ...), the keywords that join two
-/// operands or queries (`AND`, `OR`, `NOT`, `IS`, `IN`, `LIKE`, `BETWEEN`, `UNION`, `JOIN`,
-/// ...), and the commas of a `FROM` list (each one a join). Unary minus and the `AND` of
-/// `BETWEEN` count too: the bound only over-estimates.
-pub fn depth_bound(toks: &[Token]) -> usize {
+/// For [`Nesting::depth`], a chain `1 + 1 + ... + 1` of n terms parses into a tree n deep, a
+/// list `(1, 2, ..., n)` into a flat one, a 1 MB string literal is one token. Operators are the
+/// symbol tokens (`+`, `||`, `=`, `::`, ...), the keywords that join two operands or queries
+/// (`AND`, `OR`, `NOT`, `IS`, `IN`, `LIKE`, `BETWEEN`, `UNION`, `JOIN`, ...), and the commas of
+/// a `FROM` list (each one a join). Unary minus and the `AND` of `BETWEEN` count too: the
+/// bound only over-estimates.
+pub fn nesting(toks: &[Token]) -> Nesting {
     use sqlparser::keywords::Keyword as K;
-    /// One open parenthesis: operators since its last comma, and whether a `FROM` list is open.
+    /// One open parenthesis: operators since its last comma, whether a `FROM` list is open in
+    /// it, whether it opened a derived table (or CTE body, or set-operation operand) and
+    /// whether it holds a subquery that counts.
     #[derive(Default)]
     struct Level {
         operators: usize,
         from: bool,
+        derived: bool,
+        subquery: bool,
     }
+    let kw = |t: Option<&Token>, kws: &[K]| matches!(t, Some(Token::Word(w)) if w.quote_style.is_none() && kws.contains(&w.keyword));
     let mut levels: Vec<Level> = vec![Level::default()];
-    let mut operators = 0usize;
-    let mut max = 0usize;
+    let (mut operators, mut subqueries) = (0usize, 0usize);
+    let mut max = Nesting { depth: 0, subqueries: 0 };
+    let mut prev: Option<&Token> = None;
     for t in toks {
         let level = levels.len() - 1;
         let mut operator = false;
         match t {
-            Token::LParen | Token::LBracket | Token::LBrace => levels.push(Level::default()),
+            Token::LParen | Token::LBracket | Token::LBrace => {
+                let table_start =
+                    [K::FROM, K::JOIN, K::AS, K::LATERAL, K::UNION, K::EXCEPT, K::INTERSECT, K::MINUS, K::ALL, K::DISTINCT];
+                let derived = prev.is_none()
+                    || kw(prev, &table_start)
+                    || (prev == Some(&Token::Comma) && levels[level].from)
+                    || (prev == Some(&Token::LParen) && levels[level].derived);
+                levels.push(Level { derived, ..Level::default() });
+            }
             Token::RParen | Token::RBracket | Token::RBrace => {
                 if level > 0 {
-                    operators -= levels.pop().map(|l| l.operators).unwrap_or(0);
+                    if let Some(l) = levels.pop() {
+                        operators -= l.operators;
+                        subqueries -= l.subquery as usize;
+                    }
                 }
             }
             Token::Comma if levels[level].from => operator = true,
@@ -252,6 +281,13 @@ pub fn depth_bound(toks: &[Token]) -> usize {
                 operators -= std::mem::take(&mut levels[level].operators);
             }
             Token::Word(w) if w.quote_style.is_none() => match w.keyword {
+                K::SELECT => {
+                    let l = &mut levels[level];
+                    if level > 0 && !l.derived && !l.subquery {
+                        l.subquery = true;
+                        subqueries += 1;
+                    }
+                }
                 K::FROM => levels[level].from = true,
                 K::WHERE | K::GROUP | K::HAVING | K::ORDER | K::LIMIT | K::OFFSET | K::FETCH | K::WINDOW | K::QUALIFY => {
                     levels[level].from = false
@@ -313,7 +349,9 @@ pub fn depth_bound(toks: &[Token]) -> usize {
             levels[level].operators += 1;
             operators += 1;
         }
-        max = max.max(operators + levels.len() - 1);
+        max.depth = max.depth.max(operators + levels.len() - 1);
+        max.subqueries = max.subqueries.max(subqueries);
+        prev = Some(t);
     }
     max
 }
@@ -328,11 +366,27 @@ mod tests {
     use super::*;
 
     fn bound(sql: &str) -> usize {
-        Cursor::new(sql).unwrap().depth_bound()
+        Cursor::new(sql).unwrap().nesting().depth
+    }
+
+    fn subqueries(sql: &str) -> usize {
+        Cursor::new(sql).unwrap().nesting().subqueries
     }
 
     #[test]
-    fn depth_bound_counts_chains_and_nesting_not_lists() {
+    fn subqueries_in_expressions_count_derived_tables_not() {
+        assert_eq!(subqueries("SELECT (SELECT 1) + (SELECT 2)"), 1);
+        let scalar = format!("SELECT {}1{}", "(SELECT ".repeat(20), ")".repeat(20));
+        assert_eq!(subqueries(&scalar), 20);
+        assert_eq!(subqueries("SELECT 1 WHERE 1 IN (SELECT 1 WHERE EXISTS (SELECT 1))"), 2);
+        let derived = format!("SELECT * FROM {}(SELECT 1) t{}", "(SELECT * FROM ".repeat(30), ") t".repeat(30));
+        assert_eq!(subqueries(&derived), 0);
+        assert_eq!(subqueries("WITH a AS (SELECT 1) SELECT * FROM a, (SELECT 2) b JOIN ((SELECT 3)) c ON true"), 0);
+        assert_eq!(subqueries("(SELECT 1) UNION ALL (SELECT 2)"), 0);
+    }
+
+    #[test]
+    fn depth_counts_chains_and_nesting_not_lists() {
         assert_eq!(bound("SELECT 1"), 0);
         let sum = format!("SELECT 1{}", " + 1".repeat(2000));
         assert_eq!(bound(&sum), 2000);
