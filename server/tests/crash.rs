@@ -120,6 +120,14 @@ fn crash_at(point: &str, action: &str, skip: u32) {
             break;
         }
     }
+    // An abort may still be under way (the kernel writing the core dump): wait for the exit.
+    for _ in 0..600 {
+        if fired || server.exited() {
+            fired = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(fired, "{spec}: the failpoint never fired");
     // An aborted daemon starts again without the failpoint: every job resumes from its last
     // complete checkpoint.
