@@ -74,31 +74,48 @@ pub enum SluiceStatement {
     Sql(Box<Statement>),
 }
 
-/// How deep sqlparser may recurse (each nested expression, subquery or parenthesis takes one
-/// or two levels). sqlparser's own default is 50; Sluice's daemon plans on threads with stacks
-/// large enough for this many (see `server/src/main.rs`).
-pub const PARSER_RECURSION_LIMIT: usize = 200;
+/// The largest [`crate::tokens::Nesting::levels`] of a statement Sluice parses: parentheses,
+/// brackets, `CASE`s and prefix operators nested within each other. sqlparser and DataFusion
+/// recurse once or twice per level, and DataFusion's time grows quickly with it (nested
+/// function calls 150 deep plan in a third of a second).
+pub const MAX_NESTING_LEVELS: usize = 100;
 
-/// The largest [`crate::tokens::Nesting::depth`] of a statement Sluice parses. sqlparser builds left-deep
-/// trees for operator chains (`1 + 1 + ... + 1`, `a OR b OR ...`, `UNION` chains) without
-/// recursing, and DataFusion then walks the tree recursively (and in time quadratic in its
-/// depth: a sum of 2 000 terms plans in seconds); this bound keeps those walks within the
+/// How deep sqlparser may recurse (its default is 50). It spends at most a few levels per
+/// [`MAX_NESTING_LEVELS`] level, so the token check refuses a statement first: sqlparser does
+/// not always report reaching its limit, sometimes it parses a keyword as a name instead.
+pub const PARSER_RECURSION_LIMIT: usize = 4 * MAX_NESTING_LEVELS + 16;
+
+/// The largest [`crate::tokens::Nesting::depth`] of a statement Sluice parses. sqlparser builds
+/// left-deep trees for operator chains (`1 + 1 + ... + 1`, `a OR b OR ...`, `UNION` chains)
+/// without recursing, and DataFusion then walks the tree recursively, in time quadratic in its
+/// depth (a sum of 3 000 terms takes ten seconds); this bound keeps those walks within the
 /// daemon's thread stacks.
 pub const MAX_EXPRESSION_DEPTH: usize = 3_000;
 
-/// The largest [`crate::tokens::Nesting::subqueries`] of a statement Sluice parses: DataFusion's planning time
-/// doubles with every level of subqueries nested in expressions (20 levels take seconds, 25
-/// minutes).
+/// The largest [`crate::tokens::Nesting::subqueries`] of a statement Sluice parses:
+/// DataFusion's planning time doubles with every level of subqueries nested in expressions (20
+/// levels take seconds, 25 minutes).
 pub const MAX_SUBQUERY_DEPTH: usize = 16;
+
+/// The largest [`crate::tokens::Nesting::joins`] of a statement Sluice parses: DataFusion's
+/// planning time grows with the cube of the tables joined in one `FROM` (150 plan in a third of
+/// a second, 1 000 in most of a minute).
+pub const MAX_JOINS: usize = 200;
 
 /// Parses one statement.
 ///
 /// Errors: [`PlanError::Syntax`] (42601) when the text is not a statement Sluice knows;
-/// [`PlanError::TooComplex`] (54001) when it nests deeper than [`PARSER_RECURSION_LIMIT`],
-/// [`MAX_EXPRESSION_DEPTH`] or [`MAX_SUBQUERY_DEPTH`].
+/// [`PlanError::TooComplex`] (54001) when it nests deeper than [`MAX_NESTING_LEVELS`],
+/// [`MAX_EXPRESSION_DEPTH`], [`MAX_SUBQUERY_DEPTH`], [`MAX_JOINS`] or [`PARSER_RECURSION_LIMIT`].
 pub fn parse_statement(sql: &str) -> Result<SluiceStatement> {
     let mut c = Cursor::new(sql)?;
     let nesting = c.nesting();
+    if nesting.levels > MAX_NESTING_LEVELS {
+        return Err(PlanError::TooComplex(format!(
+            "its parentheses, CASEs and prefix operators nest {} levels deep; the limit is {MAX_NESTING_LEVELS}",
+            nesting.levels
+        )));
+    }
     if nesting.depth > MAX_EXPRESSION_DEPTH {
         return Err(PlanError::TooComplex(format!(
             "its expressions nest up to {} operators and parentheses deep; the limit is {MAX_EXPRESSION_DEPTH}",
@@ -109,6 +126,12 @@ pub fn parse_statement(sql: &str) -> Result<SluiceStatement> {
         return Err(PlanError::TooComplex(format!(
             "it nests {} subqueries in expressions; the limit is {MAX_SUBQUERY_DEPTH}",
             nesting.subqueries
+        )));
+    }
+    if nesting.joins > MAX_JOINS {
+        return Err(PlanError::TooComplex(format!(
+            "it joins {} tables in one FROM clause; the limit is {MAX_JOINS}",
+            nesting.joins + 1
         )));
     }
     if c.eat_kws(&["CREATE", "TABLE"]) {

@@ -220,13 +220,18 @@ pub fn join_tokens(toks: &[Token]) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Nesting {
     /// An upper bound of the depth of the statement's syntax tree (and of the plan DataFusion
-    /// makes of it): at every point, the open parentheses and brackets plus, within each of
-    /// them, the operators since the last comma.
+    /// makes of it): at every point, the open parentheses, brackets and `CASE`s plus, within
+    /// each of them, the operators since the last comma.
     pub depth: usize,
+    /// The most parentheses, brackets and `CASE ... END`s open at one point, plus the prefix
+    /// operators (`NOT`, unary `-`) in a row there: what sqlparser and DataFusion recurse on.
+    pub levels: usize,
     /// How many subqueries in expressions (`(SELECT ...)`, `IN (SELECT ...)`, `EXISTS (...)`)
     /// are open at most at one point; derived tables (`FROM (SELECT ...)`), CTE bodies and
     /// set-operation operands do not count.
     pub subqueries: usize,
+    /// The most joins in one `FROM` clause: its commas and `JOIN`s.
+    pub joins: usize,
 }
 
 /// Measures how deeply `toks` (without whitespace) nest, from the tokens alone, before
@@ -240,28 +245,38 @@ pub struct Nesting {
 /// bound only over-estimates.
 pub fn nesting(toks: &[Token]) -> Nesting {
     use sqlparser::keywords::Keyword as K;
-    /// One open parenthesis: operators since its last comma, whether a `FROM` list is open in
-    /// it, whether it opened a derived table (or CTE body, or set-operation operand) and
-    /// whether it holds a subquery that counts.
+    /// One open parenthesis (or `CASE`): operators since its last comma, whether a `FROM` list
+    /// is open in it, whether it opened a derived table (or CTE body, or set-operation operand)
+    /// and whether it holds a subquery that counts.
     #[derive(Default)]
     struct Level {
         operators: usize,
         from: bool,
         derived: bool,
         subquery: bool,
+        case: bool,
+        joins: usize,
     }
     let kw = |t: Option<&Token>, kws: &[K]| matches!(t, Some(Token::Word(w)) if w.quote_style.is_none() && kws.contains(&w.keyword));
+    // Tokens after which a `-` or `NOT` is binary (or part of `NOT IN`, `IS NOT`): operands.
+    let operand = |t: Option<&Token>| match t {
+        Some(Token::Word(w)) => {
+            w.quote_style.is_some() || matches!(w.keyword, K::NoKeyword | K::NULL | K::TRUE | K::FALSE | K::END)
+        }
+        Some(Token::RParen | Token::RBracket | Token::Number(..) | Token::SingleQuotedString(_) | Token::Placeholder(_)) => true,
+        _ => false,
+    };
+    let table_start = [K::FROM, K::JOIN, K::AS, K::LATERAL, K::UNION, K::EXCEPT, K::INTERSECT, K::MINUS, K::ALL, K::DISTINCT];
     let mut levels: Vec<Level> = vec![Level::default()];
-    let (mut operators, mut subqueries) = (0usize, 0usize);
-    let mut max = Nesting { depth: 0, subqueries: 0 };
+    let (mut operators, mut subqueries, mut prefixes) = (0usize, 0usize, 0usize);
+    let mut max = Nesting { depth: 0, levels: 0, subqueries: 0, joins: 0 };
     let mut prev: Option<&Token> = None;
     for t in toks {
         let level = levels.len() - 1;
         let mut operator = false;
+        let mut prefix = false;
         match t {
             Token::LParen | Token::LBracket | Token::LBrace => {
-                let table_start =
-                    [K::FROM, K::JOIN, K::AS, K::LATERAL, K::UNION, K::EXCEPT, K::INTERSECT, K::MINUS, K::ALL, K::DISTINCT];
                 let derived = prev.is_none()
                     || kw(prev, &table_start)
                     || (prev == Some(&Token::Comma) && levels[level].from)
@@ -269,16 +284,26 @@ pub fn nesting(toks: &[Token]) -> Nesting {
                 levels.push(Level { derived, ..Level::default() });
             }
             Token::RParen | Token::RBracket | Token::RBrace => {
-                if level > 0 {
-                    if let Some(l) = levels.pop() {
-                        operators -= l.operators;
-                        subqueries -= l.subquery as usize;
+                // Also closes a `CASE` left open inside the parenthesis.
+                while levels.len() > 1 {
+                    let l = levels.pop().unwrap_or_default();
+                    operators -= l.operators;
+                    subqueries -= l.subquery as usize;
+                    if !l.case {
+                        break;
                     }
                 }
             }
-            Token::Comma if levels[level].from => operator = true,
+            Token::Comma if levels[level].from => {
+                operator = true;
+                levels[level].joins += 1;
+            }
             Token::Comma | Token::SemiColon => {
                 operators -= std::mem::take(&mut levels[level].operators);
+            }
+            Token::Minus | Token::Plus | Token::Tilde | Token::ExclamationMark if !operand(prev) => {
+                operator = true;
+                prefix = true;
             }
             Token::Word(w) if w.quote_style.is_none() => match w.keyword {
                 K::SELECT => {
@@ -288,18 +313,31 @@ pub fn nesting(toks: &[Token]) -> Nesting {
                         subqueries += 1;
                     }
                 }
+                K::CASE => levels.push(Level { case: true, ..Level::default() }),
+                K::END if levels[level].case => {
+                    let l = levels.pop().unwrap_or_default();
+                    operators -= l.operators;
+                }
                 K::FROM => levels[level].from = true,
                 K::WHERE | K::GROUP | K::HAVING | K::ORDER | K::LIMIT | K::OFFSET | K::FETCH | K::WINDOW | K::QUALIFY => {
                     levels[level].from = false
                 }
                 K::UNION | K::EXCEPT | K::INTERSECT | K::MINUS => {
                     levels[level].from = false;
+                    levels[level].joins = 0;
                     operator = true;
+                }
+                K::JOIN | K::APPLY => {
+                    operator = true;
+                    levels[level].joins += 1;
+                }
+                K::NOT => {
+                    operator = true;
+                    prefix = !operand(prev);
                 }
                 K::AND
                 | K::OR
                 | K::XOR
-                | K::NOT
                 | K::IS
                 | K::IN
                 | K::LIKE
@@ -310,9 +348,7 @@ pub fn nesting(toks: &[Token]) -> Nesting {
                 | K::BETWEEN
                 | K::COLLATE
                 | K::AT
-                | K::DIV
-                | K::JOIN
-                | K::APPLY => operator = true,
+                | K::DIV => operator = true,
                 _ => {}
             },
             Token::Word(_)
@@ -349,8 +385,11 @@ pub fn nesting(toks: &[Token]) -> Nesting {
             levels[level].operators += 1;
             operators += 1;
         }
+        prefixes = if prefix { prefixes + 1 } else { 0 };
         max.depth = max.depth.max(operators + levels.len() - 1);
+        max.levels = max.levels.max(levels.len() - 1 + prefixes);
         max.subqueries = max.subqueries.max(subqueries);
+        max.joins = max.joins.max(levels[levels.len() - 1].joins);
         prev = Some(t);
     }
     max
@@ -371,6 +410,21 @@ mod tests {
 
     fn subqueries(sql: &str) -> usize {
         Cursor::new(sql).unwrap().nesting().subqueries
+    }
+
+    fn levels(sql: &str) -> usize {
+        Cursor::new(sql).unwrap().nesting().levels
+    }
+
+    #[test]
+    fn levels_count_parentheses_case_and_prefix_operators() {
+        assert_eq!(levels("SELECT a - -1, NOT b IS NOT NULL FROM t WHERE c NOT IN (1, 2)"), 1);
+        assert_eq!(levels(&format!("SELECT {}true", "NOT ".repeat(50))), 50);
+        assert_eq!(levels(&format!("SELECT {}1", "- ".repeat(50))), 50);
+        let case = format!("SELECT {}1{}", "CASE WHEN x THEN ".repeat(40), " END".repeat(40));
+        assert_eq!(levels(&case), 40);
+        assert_eq!(levels("SELECT CASE WHEN a THEN (b) ELSE c END, (CASE x WHEN 1 THEN 2 END)"), 2);
+        assert_eq!(levels(&format!("SELECT {}1{}", "abs(".repeat(30), ")".repeat(30))), 30);
     }
 
     #[test]
@@ -400,5 +454,8 @@ mod tests {
         // A FROM list is a join tree; the select list before it and GROUP BY after are lists.
         let from = format!("SELECT a, b, c FROM {} WHERE x IN (1, 2) GROUP BY a, b", vec!["t"; 100].join(", "));
         assert_eq!(bound(&from), 99 + 1 + 1);
+        let n = Cursor::new(&format!("{from} UNION SELECT 1 FROM a JOIN b ON true, c")).unwrap().nesting();
+        assert_eq!(n.joins, 99);
+        assert_eq!(Cursor::new("SELECT 1 FROM a JOIN b ON true, c LEFT JOIN d USING (x)").unwrap().nesting().joins, 3);
     }
 }
