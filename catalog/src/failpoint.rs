@@ -32,10 +32,11 @@ pub const POINTS: &[&str] = &[
     // connectors/src/kafka.rs: between a Kafka sink's produce (or transaction commit) and its
     // stored position.
     "kafka_sink::after_produce",
-    // connectors/src/cdc.rs: between a CDC append and the LSN confirmation, and inside the
-    // initial snapshot of a table.
+    // connectors/src/cdc/: between a CDC append and the LSN confirmation, inside the initial
+    // snapshot of a table, and after a piece of a large transaction.
     "cdc::after_append",
     "cdc::snapshot_chunk",
+    "cdc::after_piece",
 ];
 
 /// Evaluates the failpoint `name`: `Ok(())` unless it is armed with `return`, in which case the

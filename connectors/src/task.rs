@@ -42,6 +42,14 @@ pub trait IngestTarget: Send + Sync {
         let _ = rows;
         Err(ConnectorError::Write("this target keeps no rows to look up".into()))
     }
+    /// Every row the table holds now (its physical columns), for a snapshot taken again after
+    /// a crash to find the rows the source no longer has.
+    ///
+    /// Errors: the store failing. The default body is for targets that keep no rows, and
+    /// always fails.
+    fn current_rows(&self) -> Result<RecordBatch> {
+        Err(ConnectorError::Write("this target keeps no rows to read".into()))
+    }
 }
 
 /// Lifecycle of a connector task, as Kafka Connect names connector states.

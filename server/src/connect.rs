@@ -152,6 +152,17 @@ impl IngestTarget for TableIngest {
             .map_err(exec)?
             .ok_or_else(|| ConnectorError::Write(format!("table \"{}\" has no primary key to look its rows up by", self.table)))
     }
+
+    /// The table's materialized rows, brought up to everything appended so far.
+    fn current_rows(&self) -> sluice_connectors::Result<RecordBatch> {
+        let engine = self.engine.upgrade().ok_or_else(|| ConnectorError::Write("server shutting down".into()))?;
+        let entry = engine.table(&self.table).map_err(write_err)?;
+        let mut m = entry.materialized.lock().unwrap();
+        let m = m.as_mut().ok_or_else(|| ConnectorError::Write(format!("table \"{}\" keeps no rows", self.table)))?;
+        let exec = |e: sluice_executor::ExecError| ConnectorError::Write(format!("table \"{}\": {e}", self.table));
+        m.catch_up(engine.log.as_ref()).map_err(exec)?;
+        m.snapshot().map_err(exec)
+    }
 }
 
 /// The name of a table's dead-letter table.

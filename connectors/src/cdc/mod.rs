@@ -11,6 +11,9 @@
 //!    inserts, updates (an update-before when the old row is sent, then an update-after) and
 //!    deletes become changelog rows, appended per committed transaction together with the
 //!    transaction's end LSN; then the LSN is confirmed to Postgres so it can recycle WAL.
+//!    A transaction larger than `PIECE_ROWS` changes is appended in pieces, each
+//!    with how far into the transaction it reached, so memory stays bounded and a restart in
+//!    the middle skips what is appended (Postgres sends the whole transaction again).
 //!    With no captured change to append, the server's `wal_end` is confirmed instead, as
 //!    Debezium's heartbeat does, so an idle captured table does not hold back WAL.
 //!
@@ -40,8 +43,40 @@ use crate::error::ConnectorError;
 use crate::task::{Backoff, TaskState, TaskStatus};
 use table::quote_ident;
 
-fn position_lsn(v: Option<Vec<u8>>) -> Option<u64> {
-    v.and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
+/// A route's stored position: the end LSN of the last transaction appended whole, and while a
+/// large transaction is appended in pieces (see `stream.rs`), that transaction's commit LSN
+/// (pgoutput's `final_lsn`, unique per transaction) and how many of its changes for this route
+/// are appended. Stored as 8 bytes (big-endian LSN), or 24 with the piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    lsn: u64,
+    partial: Option<(u64, u64)>,
+}
+
+impl Position {
+    fn at(lsn: u64) -> Position {
+        Position { lsn, partial: None }
+    }
+
+    /// `None` for no position, or bytes that are not one.
+    fn decode(v: Option<Vec<u8>>) -> Option<Position> {
+        let v = v?;
+        let word = |i: usize| v.get(i * 8..i * 8 + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+        match v.len() {
+            8 => Some(Position::at(word(0)?)),
+            24 => Some(Position { lsn: word(0)?, partial: Some((word(1)?, word(2)?)) }),
+            _ => None,
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = self.lsn.to_be_bytes().to_vec();
+        if let Some((txn, n)) = self.partial {
+            out.extend_from_slice(&txn.to_be_bytes());
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        out
+    }
 }
 
 /// Key of the flag saying the connector created its slot (so DROP may drop it).
@@ -121,9 +156,9 @@ impl CdcSource {
         }
         self.ensure_publication(&client).await?;
         let target0 = self.routes.first().map(|r| r.target.clone()).ok_or_else(|| CdcError::Fatal("no tables to capture".into()))?;
-        let mut positions: Vec<Option<u64>> = Vec::new();
+        let mut positions: Vec<Option<Position>> = Vec::new();
         for r in &self.routes {
-            positions.push(position_lsn(r.target.position(&r.position_key)?));
+            positions.push(Position::decode(r.target.position(&r.position_key)?));
         }
         let slot_row = client
             .query_opt("SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1", &[&o.slot])
@@ -175,7 +210,7 @@ impl CdcSource {
             .await
             .map_err(|e| CdcError::Retry(format!("postgres replication connection: {e}")))?;
         let start_lsn = if resumed {
-            positions.iter().flatten().min().copied()
+            positions.iter().flatten().map(|p| p.lsn).min()
         } else {
             let exported = if preexisting {
                 None
@@ -199,10 +234,10 @@ impl CdcSource {
                 self.snapshot(exported.as_deref(), lsn, status).await?;
             } else {
                 for r in &self.routes {
-                    r.target.append(Vec::new(), None, vec![(r.position_key.clone(), lsn.to_be_bytes().to_vec())])?;
+                    r.target.append(Vec::new(), None, vec![(r.position_key.clone(), Position::at(lsn).encode())])?;
                 }
             }
-            positions = vec![Some(lsn); self.routes.len()];
+            positions = vec![Some(Position::at(lsn)); self.routes.len()];
             Some(lsn)
         };
         stream.start(start_lsn).await.map_err(|e| CdcError::Retry(format!("postgres start replication: {e}")))?;

@@ -10,12 +10,17 @@ use pg_walstream::{CancellationToken, ChangeEvent, EventType, LogicalReplication
 use tokio::sync::mpsc::Sender;
 use sluice_catalog::Op;
 
-use super::{CdcError, CdcSource};
+use super::{CdcError, CdcSource, Position};
 use crate::task::TaskStatus;
 
 /// How long committed changes wait for more before they are appended: a few milliseconds of
 /// latency buy one write (one fsync) for many small transactions.
 const FLUSH_DELAY: Duration = Duration::from_millis(5);
+
+/// The most changes of one open transaction held in memory: a larger transaction is appended
+/// in pieces of this many changes (of all routes together), each stored with its route's
+/// [`Position`] (the transaction's commit LSN and how many of its changes are appended).
+pub const PIECE_ROWS: usize = 10_000;
 
 /// How often the stream reader, busy or idle, reports the server's `wal_end` and sends Postgres
 /// the standby status (the confirmed LSN).
@@ -93,7 +98,7 @@ impl CdcSource {
     pub(super) async fn stream_changes(
         &self,
         stream: LogicalReplicationStream,
-        mut positions: Vec<Option<u64>>,
+        mut positions: Vec<Option<Position>>,
         status: &TaskStatus,
     ) -> std::result::Result<(), CdcError> {
         let o = &self.options;
@@ -114,6 +119,11 @@ impl CdcSource {
         let mut first_ready: Option<Instant> = None;
         // Inside a transaction (its BEGIN received, its COMMIT not yet).
         let mut in_txn = false;
+        // Of the open transaction: its commit LSN, and per route how many of its changes were
+        // received and how many of those an earlier run already appended (to skip).
+        let mut txn_lsn = 0u64;
+        let mut received = vec![0u64; self.routes.len()];
+        let mut skip = vec![0u64; self.routes.len()];
         // The latest server `wal_end` received outside a transaction, to confirm once every
         // change received before it is appended (see [`Received::WalEnd`]).
         let mut wal_end = 0u64;
@@ -143,23 +153,38 @@ impl CdcSource {
             };
             if let Some(event) = event {
                 match event.event_type {
-                    EventType::Begin { .. } => in_txn = true,
+                    EventType::Begin { final_lsn, .. } => {
+                        in_txn = true;
+                        txn_lsn = final_lsn.value();
+                        received.iter_mut().for_each(|n| *n = 0);
+                        for (i, p) in positions.iter().enumerate() {
+                            skip[i] = match p.and_then(|p| p.partial) {
+                                Some((lsn, n)) if lsn == txn_lsn => n,
+                                _ => 0,
+                            };
+                        }
+                    }
                     EventType::Insert { schema, table, data, .. } => {
-                        if let Some(i) = by_name.get(&(schema.to_string(), table.to_string())) {
-                            txn.push((*i, Op::Insert, data));
+                        if let Some(&i) = by_name.get(&(schema.to_string(), table.to_string())) {
+                            take(&mut txn, &mut received, &skip, i, Op::Insert, data);
                         }
                     }
                     EventType::Update { schema, table, old_data, new_data, .. } => {
-                        if let Some(i) = by_name.get(&(schema.to_string(), table.to_string())) {
-                            if let Some(old) = old_data {
-                                txn.push((*i, Op::UpdateBefore, old));
+                        if let Some(&i) = by_name.get(&(schema.to_string(), table.to_string())) {
+                            // The old row and the new one count as one change: a piece never
+                            // separates them (the new row's unchanged values may come from the old).
+                            received[i] += 1;
+                            if received[i] > skip[i] {
+                                if let Some(old) = old_data {
+                                    txn.push((i, Op::UpdateBefore, old));
+                                }
+                                txn.push((i, Op::UpdateAfter, new_data));
                             }
-                            txn.push((*i, Op::UpdateAfter, new_data));
                         }
                     }
                     EventType::Delete { schema, table, old_data, .. } => {
-                        if let Some(i) = by_name.get(&(schema.to_string(), table.to_string())) {
-                            txn.push((*i, Op::Delete, old_data));
+                        if let Some(&i) = by_name.get(&(schema.to_string(), table.to_string())) {
+                            take(&mut txn, &mut received, &skip, i, Op::Delete, old_data);
                         }
                     }
                     EventType::Commit { end_lsn, commit_timestamp, .. } => {
@@ -174,7 +199,18 @@ impl CdcSource {
                     _ => {}
                 }
             }
-            let due = first_ready.is_some_and(|t| t.elapsed() >= FLUSH_DELAY) || ready.len() >= 10_000;
+            // A large open transaction: what is committed before it first, then its piece.
+            if in_txn && txn.len() >= PIECE_ROWS {
+                if !ready.is_empty() || first_ready.is_some() {
+                    self.flush(&mut ready, ready_lsn, &mut positions, status)?;
+                    feedback.update_flushed_lsn(ready_lsn);
+                    feedback.update_applied_lsn(ready_lsn);
+                    first_ready = None;
+                }
+                self.flush_piece(&mut txn, txn_lsn, &received, &mut positions, status)?;
+                sluice_catalog::failpoint::check("cdc::after_piece").map_err(CdcError::Fatal)?;
+            }
+            let due = first_ready.is_some_and(|t| t.elapsed() >= FLUSH_DELAY) || ready.len() >= PIECE_ROWS;
             if due {
                 self.flush(&mut ready, ready_lsn, &mut positions, status)?;
                 sluice_catalog::failpoint::check("cdc::after_append").map_err(CdcError::Fatal)?;
@@ -204,23 +240,61 @@ impl CdcSource {
 
     /// Appends the committed changes up to `lsn`, each route with its position, skipping what a
     /// route already holds (its stored LSN is at or past `lsn`).
-    fn flush(&self, ready: &mut Vec<(usize, Op, RowData)>, lsn: u64, positions: &mut [Option<u64>], status: &TaskStatus) -> std::result::Result<(), CdcError> {
+    fn flush(&self, ready: &mut Vec<(usize, Op, RowData)>, lsn: u64, positions: &mut [Option<Position>], status: &TaskStatus) -> std::result::Result<(), CdcError> {
         let mut per_route: BTreeMap<usize, Vec<(Op, &RowData)>> = BTreeMap::new();
         for (i, op, row) in ready.iter() {
             per_route.entry(*i).or_default().push((*op, row));
         }
         for (i, r) in self.routes.iter().enumerate() {
-            if positions[i].is_some_and(|p| p >= lsn) {
+            if positions[i].is_some_and(|p| p.lsn >= lsn) {
                 continue;
             }
             let rows = per_route.remove(&i).unwrap_or_default();
             let batches = if rows.is_empty() { Vec::new() } else { vec![r.rows(&rows).map_err(|e| CdcError::Fatal(e.to_string()))?] };
             let n: usize = batches.iter().map(|b| b.num_rows()).sum();
-            r.target.append(batches, None, vec![(r.position_key.clone(), lsn.to_be_bytes().to_vec())])?;
-            positions[i] = Some(lsn);
+            let at = Position::at(lsn);
+            r.target.append(batches, None, vec![(r.position_key.clone(), at.encode())])?;
+            positions[i] = Some(at);
             status.rows.fetch_add(n as u64, Ordering::Relaxed);
         }
         ready.clear();
         Ok(())
+    }
+
+    /// Appends a piece of the open transaction (commit LSN `txn_lsn`): each route's changes in
+    /// it, with the route's position saying how many of the transaction's changes (`received`)
+    /// are appended; the position's LSN stays that of the last whole transaction.
+    fn flush_piece(
+        &self,
+        txn: &mut Vec<(usize, Op, RowData)>,
+        txn_lsn: u64,
+        received: &[u64],
+        positions: &mut [Option<Position>],
+        status: &TaskStatus,
+    ) -> std::result::Result<(), CdcError> {
+        let mut per_route: BTreeMap<usize, Vec<(Op, &RowData)>> = BTreeMap::new();
+        for (i, op, row) in txn.iter() {
+            per_route.entry(*i).or_default().push((*op, row));
+        }
+        for (i, rows) in per_route {
+            let r = &self.routes[i];
+            let batch = r.rows(&rows).map_err(|e| CdcError::Fatal(e.to_string()))?;
+            let n = batch.num_rows();
+            let at = Position { lsn: positions[i].map_or(0, |p| p.lsn), partial: Some((txn_lsn, received[i])) };
+            r.target.append(vec![batch], None, vec![(r.position_key.clone(), at.encode())])?;
+            positions[i] = Some(at);
+            status.rows.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        txn.clear();
+        Ok(())
+    }
+}
+
+/// Counts a change of route `i` in the open transaction and keeps it unless an earlier run
+/// appended it already (the first `skip[i]` changes of the route).
+fn take(txn: &mut Vec<(usize, Op, RowData)>, received: &mut [u64], skip: &[u64], i: usize, op: Op, row: RowData) {
+    received[i] += 1;
+    if received[i] > skip[i] {
+        txn.push((i, op, row));
     }
 }
