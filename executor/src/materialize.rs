@@ -118,17 +118,39 @@ impl MaterializedTable {
 
     /// The current rows (physical columns) as one batch.
     pub fn snapshot(&self) -> Result<RecordBatch> {
+        self.snapshot_limit(None)
+    }
+
+    /// At most `limit` of the current rows (all of them with `None`), as one batch: a `LIMIT`
+    /// without a filter decodes only the rows it returns.
+    pub fn snapshot_limit(&self, limit: Option<usize>) -> Result<RecordBatch> {
+        let limit = limit.unwrap_or(usize::MAX);
         let types = types_of(&self.schema);
         let cols = match &self.contents {
-            Contents::Append(batches) => return Ok(concat_batches(&self.schema, batches)?),
+            Contents::Append(batches) => {
+                let mut taken = Vec::new();
+                let mut n = 0;
+                for b in batches {
+                    if n >= limit {
+                        break;
+                    }
+                    let len = b.num_rows().min(limit - n);
+                    taken.push(b.slice(0, len));
+                    n += len;
+                }
+                return Ok(concat_batches(&self.schema, &taken)?);
+            }
             Contents::Keyed { rows, .. } => {
-                let refs: Vec<&[u8]> = rows.values().map(|r| r.as_slice()).collect();
+                let refs: Vec<&[u8]> = rows.values().take(limit).map(|r| r.as_slice()).collect();
                 decode(&self.row_conv, &types, &refs)?
             }
             Contents::Multiset(counts) => {
                 let mut refs: Vec<&[u8]> = Vec::new();
-                for (r, c) in counts {
+                'rows: for (r, c) in counts {
                     for _ in 0..*c {
+                        if refs.len() >= limit {
+                            break 'rows;
+                        }
                         refs.push(r.as_slice());
                     }
                 }
@@ -136,6 +158,14 @@ impl MaterializedTable {
             }
         };
         Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
+    }
+
+    /// The primary key's column indexes in the physical schema, for a table that has one.
+    pub fn key_columns(&self) -> Option<&[usize]> {
+        match &self.contents {
+            Contents::Keyed { key_idx, .. } => Some(key_idx),
+            _ => None,
+        }
     }
 
     /// The current rows under the primary keys of `rows` (a batch of the physical columns):

@@ -166,11 +166,9 @@ impl<'a> StreamPlanner<'a> {
                     }
                     _ => source,
                 };
-                let mut node = node;
-                for f in &scan.filters {
-                    let predicate = self.phys(f, scan.projected_schema.as_ref())?;
-                    node = Node::Filter { input: Box::new(node), predicate };
-                }
+                // A scan's own filters (`scan.filters`) are left out: Sluice's tables accept
+                // filters only as `Inexact` (a batch scan uses key filters to read rows by key),
+                // so DataFusion keeps every one of them in a Filter above the scan as well.
                 let n = scan.projected_schema.fields().len();
                 Ok((node, vec![Tag::Plain; n]))
             }

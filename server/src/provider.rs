@@ -2,14 +2,16 @@
 
 use std::sync::{Arc, Mutex};
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch};
+use arrow::compute::CastOptions;
+use arrow::datatypes::{Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::{Expr, Operator, TableProviderFilterPushDown};
+use datafusion::scalar::ScalarValue;
 use datafusion::physical_plan::ExecutionPlan;
 use sluice_catalog::dataflow::ExprRef;
 use sluice_catalog::TableDef;
@@ -60,6 +62,78 @@ impl TableEntry {
         };
         with_computed(&self.schema, self.computed.as_deref(), physical)
     }
+
+    /// At most `limit` of the table's current rows, in its full schema (see
+    /// [`MaterializedTable::snapshot_limit`]).
+    pub fn some_rows(&self, log: &dyn TopicLog, limit: usize) -> DfResult<RecordBatch> {
+        if !matches!(self.connector, TableConnector::Topic { .. }) {
+            return self.current_rows(log);
+        }
+        let mut m = self.materialized.lock().unwrap();
+        let m = m.as_mut().expect("topic tables are materialized");
+        m.catch_up(log).map_err(ext)?;
+        with_computed(&self.schema, self.computed.as_deref(), m.snapshot_limit(Some(limit)).map_err(ext)?)
+    }
+
+    /// The current rows whose single-column primary key is one of `keys`, in the full schema,
+    /// read from the materialized state by key rather than decoding every row. `None` when
+    /// the table has no such key or a value does not convert to the key's type (the caller
+    /// then scans).
+    pub fn rows_by_key(&self, log: &dyn TopicLog, keys: &[ScalarValue]) -> DfResult<Option<RecordBatch>> {
+        let mut m = self.materialized.lock().unwrap();
+        let Some(m) = m.as_mut() else { return Ok(None) };
+        let [k] = m.key_columns().unwrap_or_default() else { return Ok(None) };
+        let k = *k;
+        m.catch_up(log).map_err(ext)?;
+        let physical = self.def.physical_schema().map_err(ext)?;
+        let key_type = physical.field(k).data_type().clone();
+        let Ok(values) = ScalarValue::iter_to_array(keys.iter().cloned()) else { return Ok(None) };
+        let cast = CastOptions { safe: false, ..Default::default() };
+        let Ok(values) = arrow::compute::cast_with_options(&values, &key_type, &cast) else { return Ok(None) };
+        let n = values.len();
+        let cols: Vec<ArrayRef> = physical
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| if i == k { values.clone() } else { arrow::array::new_null_array(f.data_type(), n) })
+            .collect();
+        let relaxed = Arc::new(Schema::new(physical.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>()));
+        let probe = RecordBatch::try_new(relaxed, cols)?;
+        let Some((rows, found)) = m.lookup(&probe).map_err(ext)? else { return Ok(None) };
+        let rows = arrow::compute::filter_record_batch(&rows, &BooleanArray::from(found))?;
+        Ok(Some(with_computed(&self.schema, self.computed.as_deref(), rows)?))
+    }
+}
+
+/// The values `filter` pins column `key` to: `key = v`, `v = key` or `key IN (v, ...)` with
+/// literal values, without NULLs and duplicates (a NULL never equals the key). `None` for any
+/// other filter.
+fn key_values(filter: &Expr, key: &str) -> Option<Vec<ScalarValue>> {
+    let is_key = |e: &Expr| matches!(e, Expr::Column(c) if c.name == key);
+    let literal = |e: &Expr| match e {
+        Expr::Literal(v, _) => Some(v.clone()),
+        _ => None,
+    };
+    let values: Vec<ScalarValue> = match filter {
+        Expr::BinaryExpr(b) if b.op == Operator::Eq => {
+            if is_key(&b.left) {
+                vec![literal(&b.right)?]
+            } else if is_key(&b.right) {
+                vec![literal(&b.left)?]
+            } else {
+                return None;
+            }
+        }
+        Expr::InList(l) if !l.negated && is_key(&l.expr) => l.list.iter().map(literal).collect::<Option<Vec<_>>>()?,
+        _ => return None,
+    };
+    let mut out: Vec<ScalarValue> = Vec::new();
+    for v in values {
+        if !v.is_null() && !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    Some(out)
 }
 
 /// The full row (physical and computed columns) of physical rows.
@@ -157,11 +231,26 @@ impl TableProvider for SluiceTable {
         TableType::Base
     }
 
+    /// Filters that pin a single-column primary key to literal values (`k = 1`, `k IN (1, 2)`)
+    /// are used to read those rows by key; DataFusion still applies every filter after the
+    /// scan (`Inexact`). Never `Exact`: the streaming planner (`planner/src/stream.rs`)
+    /// relies on DataFusion keeping every filter above the scan.
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        let key = self.single_key();
+        Ok(filters
+            .iter()
+            .map(|f| match key {
+                Some(k) if key_values(f, k).is_some() => TableProviderFilterPushDown::Inexact,
+                _ => TableProviderFilterPushDown::Unsupported,
+            })
+            .collect())
+    }
+
     async fn scan(
         &self,
         _state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         if let TableConnector::Datagen(opts) = &self.entry.connector {
@@ -176,9 +265,29 @@ impl TableProvider for SluiceTable {
             )?;
             return Ok(Arc::new(exec));
         }
+        // A point lookup by primary key reads only those rows.
+        if let Some(keys) = self.single_key().and_then(|k| filters.iter().find_map(|f| key_values(f, k))) {
+            if let Some(batch) = crate::engine::blocking(|| self.entry.rows_by_key(self.log.0.as_ref(), &keys))? {
+                return single_batch_exec(batch, &self.entry.schema, projection);
+            }
+        }
         // Catching up reads the log (RocksDB, or Kafka on that backend): off the async worker.
-        let batch = crate::engine::blocking(|| self.entry.current_rows(self.log.0.as_ref()))?;
+        // DataFusion passes a limit only when no filter remains to apply after the scan.
+        let batch = match limit {
+            Some(n) => crate::engine::blocking(|| self.entry.some_rows(self.log.0.as_ref(), n))?,
+            None => crate::engine::blocking(|| self.entry.current_rows(self.log.0.as_ref()))?,
+        };
         single_batch_exec(batch, &self.entry.schema, projection)
+    }
+}
+
+impl SluiceTable {
+    /// The name of the table's primary key when it is one column of an upsert table.
+    fn single_key(&self) -> Option<&str> {
+        match self.entry.def.primary_key.as_slice() {
+            [k] if self.entry.def.is_upsert() && matches!(self.entry.connector, TableConnector::Topic { .. }) => Some(k),
+            _ => None,
+        }
     }
 }
 
