@@ -199,6 +199,8 @@ pub fn parse_statement(sql: &str) -> Result<SluiceStatement> {
         }
         return Ok(SluiceStatement::Explain(inner.to_string()));
     }
+    // The cursor's tokens are not needed any more: free them before sqlparser tokenizes again.
+    drop(c);
     let rewritten = rewrite_window_tvfs(sql)?;
     let mut stmts = Parser::new(&GenericDialect {})
         .with_recursion_limit(PARSER_RECURSION_LIMIT)

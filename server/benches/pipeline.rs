@@ -87,6 +87,27 @@ fn main() {
             c.batch_execute(&format!("INSERT INTO ingest VALUES {}", values.join(", "))).await.unwrap();
         }
         let insert_rate = rows as f64 / t.elapsed().as_secs_f64();
+        // One 1 000 000-row INSERT (about 60 MB of SQL): its time and the daemon's peak RSS.
+        let big_rows = 1_000_000u64;
+        let values: Vec<String> = tx_csv(0, big_rows, customers)
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                format!("({}, '{}', {}, '{}')", f[0], f[1], f[2], f[3])
+            })
+            .collect();
+        let big = format!("INSERT INTO ingest VALUES {}", values.join(", "));
+        drop(values);
+        let rss_before = peak_rss_mib(server.pid());
+        let t = Instant::now();
+        c.batch_execute(&big).await.unwrap();
+        println!(
+            "ingest: one {big_rows}-row INSERT ({:.0} MB of SQL): {:.1} s, daemon peak RSS {rss_before:.0} MiB before, {:.0} MiB after",
+            big.len() as f64 / 1e6,
+            t.elapsed().as_secs_f64(),
+            peak_rss_mib(server.pid())
+        );
+        drop(big);
         let copy_rows = 1_000_000u64;
         let data = tx_csv(0, copy_rows, customers);
         let t = Instant::now();

@@ -287,6 +287,20 @@ impl Engine {
 
     /// Runs one statement. `params` are the bound values of `$n` placeholders.
     pub async fn execute(self: &Arc<Self>, sql: &str, params: Option<ParamValues>) -> SqlResult<Output> {
+        // A large INSERT ... VALUES is parsed in pieces (see `values::split_values`).
+        let large = sql.len() >= crate::values::LARGE_STATEMENT_BYTES;
+        let pieces = if large && params.as_ref().is_none_or(|p| matches!(p, ParamValues::List(l) if l.is_empty())) {
+            crate::values::split_values(sql)
+        } else {
+            None
+        };
+        match pieces {
+            Some(pieces) => self.insert_pieces(&pieces).await,
+            None => self.execute_statement(sql, params).await,
+        }
+    }
+
+    async fn execute_statement(self: &Arc<Self>, sql: &str, params: Option<ParamValues>) -> SqlResult<Output> {
         match parse_statement(sql)? {
             SluiceStatement::CreateTable(ct) => self.create_table(ct.def, ct.if_not_exists).await,
             SluiceStatement::ShowTables => self.show_tables(),
@@ -731,6 +745,40 @@ impl Engine {
             }
             return self.create_job(ins, sql).await;
         }
+        let out = self.values_batches(&entry, ins, params).await?;
+        let n = self.append(&entry, out)?;
+        Ok(Output::Command { tag: format!("INSERT 0 {n}"), notice: None })
+    }
+
+    /// A large `INSERT ... VALUES` cut into pieces by [`crate::values::split_values`]: each
+    /// piece parsed and converted on its own, all their rows appended in one write.
+    async fn insert_pieces(self: &Arc<Self>, pieces: &[String]) -> SqlResult<Output> {
+        let mut rows = Vec::new();
+        let mut target = None;
+        for piece in pieces {
+            let SluiceStatement::Sql(stmt) = parse_statement(piece)? else {
+                return Err(SqlError::new("XX000", "internal: a piece of an INSERT is not an INSERT"));
+            };
+            let Statement::Insert(ins) = *stmt else {
+                return Err(SqlError::new("XX000", "internal: a piece of an INSERT is not an INSERT"));
+            };
+            let TableObject::TableName(tn) = &ins.table else {
+                return Err(SqlError::unsupported("INSERT INTO a table function"));
+            };
+            let entry = self.table(&table_name(tn))?;
+            rows.extend(self.values_batches(&entry, ins, None).await?);
+            target = Some(entry);
+        }
+        let entry = target.ok_or_else(|| SqlError::new("XX000", "internal: an INSERT without pieces"))?;
+        let n = self.append(&entry, rows)?;
+        Ok(Output::Command { tag: format!("INSERT 0 {n}"), notice: None })
+    }
+
+    /// The rows of an `INSERT ... VALUES` into `entry`, as batches of its physical columns.
+    ///
+    /// Errors: a table that is not topic-backed or has computed columns (0A000), a value that
+    /// does not convert to its column's type.
+    async fn values_batches(&self, entry: &TableEntry, ins: Insert, params: Option<ParamValues>) -> SqlResult<Vec<ChangeBatch>> {
         if !matches!(entry.connector, TableConnector::Topic { .. }) {
             return Err(SqlError::unsupported(format!(
                 "INSERT ... VALUES into a {} table",
@@ -739,6 +787,11 @@ impl Engine {
         }
         if entry.computed.is_some() {
             return Err(SqlError::unsupported("INSERT ... VALUES into a table with computed columns"));
+        }
+        // Literal rows need no plan (and a large VALUES list would take gigabytes to plan).
+        let mut ins = ins;
+        if let Some(rows) = crate::values::literal_rows(&mut ins, &entry.def.physical_schema()?)? {
+            return Ok(rows);
         }
         let plan = self.df_plan(Statement::Insert(ins), params).await?;
         let LogicalPlan::Dml(dml) = plan else {
@@ -761,8 +814,7 @@ impl Engine {
             let data = RecordBatch::try_new(relaxed, cols)?;
             out.push(ChangeBatch::inserts(data));
         }
-        let n = self.append(&entry, out)?;
-        Ok(Output::Command { tag: format!("INSERT 0 {n}"), notice: None })
+        Ok(out)
     }
 
     async fn plan_job(&self, ins: &Insert) -> SqlResult<sluice_catalog::dataflow::DataflowPlan> {
@@ -1005,7 +1057,7 @@ impl Engine {
 /// Casts a column being written to its table column's type. A value that does not convert is
 /// an error (22P02, or 22003 when out of range), never a NULL: arrow's default cast is "safe"
 /// and would store NULL instead.
-fn cast_column(c: &ArrayRef, to: &DataType) -> Result<ArrayRef, arrow::error::ArrowError> {
+pub(crate) fn cast_column(c: &ArrayRef, to: &DataType) -> Result<ArrayRef, arrow::error::ArrowError> {
     if c.data_type() == to {
         return Ok(c.clone());
     }

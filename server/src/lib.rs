@@ -20,6 +20,7 @@ pub mod params;
 pub mod pgtext;
 pub mod provider;
 pub mod session;
+mod values;
 
 use std::sync::Arc;
 
