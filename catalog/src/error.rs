@@ -16,6 +16,10 @@ pub enum CatalogError {
     /// 22001, `string_data_right_truncation`); the message is PostgreSQL's.
     #[error("{0}")]
     ValueTooLong(String),
+    /// A bad option value (SQLSTATE 22023, `invalid_parameter_value`); the message names the
+    /// option.
+    #[error("{0}")]
+    InvalidOption(String),
     /// RocksDB failed (I/O, corruption, lock held by another process).
     #[error("storage error: {0}")]
     Storage(#[from] rocksdb::Error),

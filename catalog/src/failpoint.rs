@@ -20,6 +20,9 @@ pub const POINTS: &[&str] = &[
     "checkpoint::before_state",
     "checkpoint::state_write",
     "checkpoint::after_commit",
+    // executor/src/job.rs: after an epoch with dead letters (a sink's NOT NULL enforcer
+    // `LOG`) committed, before they are written from the outbox to the dead-letter table.
+    "checkpoint::before_dead_letters",
     // connectors/src/log.rs: the embedded log's atomic write of rows + checkpoint.
     "log::before_write",
     // connectors/src/kafka_log.rs: after the write-ahead entry, between produce and

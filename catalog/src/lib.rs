@@ -8,17 +8,21 @@
 //! - [`store`]: the persistent store under the data directory, one RocksDB instance whose column
 //!   families hold the catalog, the embedded topic logs and operator state, so one atomic write
 //!   batch can commit a checkpoint across all three.
+//! - [`enforcer`]: what a job does with NULL in a NOT NULL column of its sink (Flink's
+//!   `table.exec.sink.not-null-enforcer`).
 //! - [`failpoint`]: crash injection at commit boundaries (the `fail` crate).
 //! - [`error`]: the crate's error type.
 
 pub mod change;
 pub mod dataflow;
+pub mod enforcer;
 pub mod error;
 pub mod failpoint;
 pub mod store;
 pub mod table;
 
 pub use change::{ChangeBatch, Op, OP_COLUMN};
+pub use enforcer::NotNullEnforcer;
 pub use error::{CatalogError, Result};
 pub use store::Store;
 pub use table::{redact_options, redact_text, ColumnDef, ConnectorDef, JobDef, JobState, TableDef, WatermarkDef};

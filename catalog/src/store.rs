@@ -39,7 +39,14 @@ impl Store {
     /// holds the lock.
     pub fn open(dir: &Path) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(|e| CatalogError::Corrupt(format!("{}: {e}", dir.display())))?;
-        let mut opts = Options::default();
+        // No preallocation (fallocate) of files. RocksDB would otherwise reserve 1.1 write
+        // buffers (~70 MiB) for each WAL up front: an idle daemon would hold most of a small
+        // volume, and on a full disk writes would go on into the reservation and fail only at
+        // the next memtable flush. Without it the write that does not fit fails at once with
+        // ENOSPC (SQLSTATE 53100 at the server); RocksDB then refuses writes with the same
+        // error and resumes by itself (its SstFileManager polls every 5 s) once one write
+        // buffer (64 MiB) is free again.
+        let mut opts = Options::default().get_options_from_string("allow_fallocate=false")?;
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         // Hot data stays uncompressed (the log is read back soon after it is written, state is

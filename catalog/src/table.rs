@@ -12,6 +12,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
 use crate::change::ChangeBatch;
+use crate::enforcer::NotNullEnforcer;
 use crate::error::{CatalogError, Result};
 
 /// One column of a table.
@@ -237,6 +238,11 @@ pub struct JobDef {
     pub error: Option<String>,
     /// Creation order, used to restart jobs in the order they were created.
     pub seq: u64,
+    /// What the job does with an output row that has NULL in a NOT NULL column of the sink,
+    /// chosen at creation ([`NotNullEnforcer::for_sink`]) or by `RESUME JOB ... WITH (...)`;
+    /// `ERROR` for jobs stored before the field existed, which is how they behaved.
+    #[serde(default)]
+    pub not_null_enforcer: NotNullEnforcer,
 }
 
 /// A connector created with `CREATE SOURCE CONNECTOR` / `CREATE SINK CONNECTOR` (ksqlDB's

@@ -318,11 +318,17 @@ impl KafkaSource {
             return Err(Retry(format!("kafka topic '{}' does not exist yet", o.topic)));
         }
         let mut tpl = TopicPartitionList::new();
+        // The next offset to read of every partition known so far (stored by an earlier run, or
+        // consumed in this one): what `DESCRIBE CONNECTOR` shows as the position.
+        let mut reached: BTreeMap<i32, i64> = BTreeMap::new();
         for p in 0..partitions as i32 {
             let stored = target
                 .position(&source_position_key(&self.table, p))
                 .map_err(|e| Fatal(e.to_string()))?
                 .and_then(|v| decode_u64(&v));
+            if let Some(next) = stored {
+                reached.insert(p, next as i64);
+            }
             let offset = match (stored, o.startup_mode) {
                 (Some(next), _) => Offset::Offset(next as i64),
                 (None, StartupMode::Earliest) => Offset::Beginning,
@@ -348,6 +354,7 @@ impl KafkaSource {
             Some(f) if !key_columns.is_empty() => Some(RecordDecoder::new(f.clone(), key_schema).map_err(|e| Fatal(e.to_string()))?),
             _ => None,
         };
+        *status.position.lock().unwrap() = self.position_text(&reached);
         status.set(TaskState::Running, None);
         backoff.reset();
         let mut pending: Vec<BorrowedMessage<'_>> = Vec::new();
@@ -370,7 +377,8 @@ impl KafkaSource {
             if pending.is_empty() {
                 continue;
             }
-            self.ingest(&pending, &value_decoder, key_decoder.as_ref(), &key_columns, target, status)?;
+            reached.extend(self.ingest(&pending, &value_decoder, key_decoder.as_ref(), &key_columns, target, status)?);
+            *status.position.lock().unwrap() = self.position_text(&reached);
             if Instant::now() > next_commit {
                 // Informational only: Sluice's own offsets are what a restart uses.
                 let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Async);
@@ -380,6 +388,13 @@ impl KafkaSource {
         Ok(())
     }
 
+    /// `topic/partition@next-offset` of every partition in `reached`, by partition.
+    fn position_text(&self, reached: &BTreeMap<i32, i64>) -> String {
+        reached.iter().map(|(p, o)| format!("{}/{p}@{o}", self.options.topic)).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Decodes `msgs` and appends their rows (and dead letters) with the offsets they reach;
+    /// returns those offsets: the next offset to read of each partition in `msgs`.
     fn ingest(
         &self,
         msgs: &[BorrowedMessage<'_>],
@@ -388,7 +403,7 @@ impl KafkaSource {
         key_columns: &[String],
         target: &dyn IngestTarget,
         status: &TaskStatus,
-    ) -> std::result::Result<(), TaskError> {
+    ) -> std::result::Result<HashMap<i32, i64>, TaskError> {
         let o = &self.options;
         let values: Vec<Option<&[u8]>> = msgs.iter().map(|m| m.payload()).collect();
         let mut errors: Vec<(usize, String)> = Vec::new();
@@ -502,10 +517,7 @@ impl KafkaSource {
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         target.append(batches, dead, positions).map_err(|e| Fatal(e.to_string()))?;
         status.rows.fetch_add(rows as u64, Ordering::Relaxed);
-        let mut pos: Vec<String> = next.iter().map(|(p, o)| format!("{}/{p}@{o}", self.options.topic)).collect();
-        pos.sort();
-        *status.position.lock().unwrap() = pos.join(", ");
-        Ok(())
+        Ok(next)
     }
 }
 

@@ -69,8 +69,15 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long an append keeps retrying while Kafka is unreachable before it fails (its rows stay
 /// in the write-ahead entry and are delivered by the next append to the topic, or the next
-/// start).
+/// start). One attempt may overrun it by its own timeouts ([`ADMIN_TIMEOUT`] per partition's
+/// watermarks, [`FLUSH_TIMEOUT`]).
 const SHIP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long one attempt waits for Kafka to acknowledge what it produced.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long topic creation and deletion wait for the cluster's answer.
+const TOPIC_ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct TopicMeta {
@@ -224,7 +231,7 @@ impl KafkaLog {
                     .map_err(|e| kafka_err(&format!("watermarks of topic '{}'", topic.kafka), e))?;
                 topic.ends[p as usize].store(high.max(0) as u64, Ordering::Relaxed);
             }
-            log.recover(&topic)?;
+            log.recover(&topic, SHIP_TIMEOUT)?;
             log.topics.write().unwrap().insert(name, topic);
         }
         Ok(log)
@@ -283,8 +290,9 @@ impl KafkaLog {
         self.appended.notify_all();
     }
 
-    /// Produces what a crash left in the write-ahead entries of `topic`, then deletes them.
-    fn recover(&self, topic: &KafkaTopic) -> Result<()> {
+    /// Produces what a crash (or a failed append) left in the write-ahead entries of `topic`,
+    /// retrying for up to `budget`, then deletes them.
+    fn recover(&self, topic: &KafkaTopic, budget: Duration) -> Result<()> {
         let entries = self.store.scan_prefix(CF_META, &wal_prefix(&topic.name))?;
         if entries.is_empty() {
             return Ok(());
@@ -305,7 +313,7 @@ impl KafkaLog {
             pending.push(Pending { partition, start, batch: decode_batch(&v[12..])? });
         }
         tracing::info!(topic = %topic.kafka, records = pending.len(), "finishing an interrupted append to Kafka");
-        self.ship(topic, &pending, true)?;
+        self.ship(topic, &pending, true, budget)?;
         let mut wb = WriteBatch::default();
         for (k, _) in &entries {
             wb.delete_cf(self.store.cf(CF_META), k);
@@ -315,14 +323,18 @@ impl KafkaLog {
     }
 
     /// Produces `pending` to Kafka and waits until every message is acknowledged, retrying with
-    /// backoff while Kafka is unreachable. With `check` (or after a failure) each partition's
-    /// high watermark first says how many rows already arrived.
-    fn ship(&self, topic: &KafkaTopic, pending: &[Pending], check: bool) -> Result<()> {
+    /// backoff while Kafka is unreachable, for up to `budget` (a zero budget makes one
+    /// attempt). With `check` (or after a failure) each partition's high watermark first says
+    /// how many rows already arrived.
+    ///
+    /// Errors: [`ConnectorError::External`] once the budget is spent (the rows stay in their
+    /// write-ahead entries), or the error of a cause retrying cannot cure.
+    fn ship(&self, topic: &KafkaTopic, pending: &[Pending], check: bool, budget: Duration) -> Result<()> {
         let mut backoff = Backoff::default();
         let mut check = check;
-        let deadline = Instant::now() + SHIP_TIMEOUT;
+        let deadline = Instant::now() + budget;
         loop {
-            let shipped = self.try_ship(topic, pending, check);
+            let shipped = self.try_ship(topic, pending, check, deadline);
             match shipped {
                 Ok(()) => {
                     for p in pending {
@@ -331,27 +343,33 @@ impl KafkaLog {
                     }
                     return Ok(());
                 }
-                Err(ConnectorError::External(e)) if Instant::now() > deadline => {
-                    return Err(ConnectorError::External(format!(
-                        "{e} (retried for {} s; the rows are kept and delivered by the next append to the topic)",
-                        SHIP_TIMEOUT.as_secs()
-                    )));
-                }
                 Err(ConnectorError::External(e)) => {
-                    tracing::warn!(topic = %topic.kafka, error = %e, "append to Kafka failed; retrying");
-                    // A producer that reported failures may be fenced or fatal: start a new one.
+                    // A producer that reported failures may be fenced or fatal, and may still
+                    // queue messages of this attempt: start a new one. Dropping the old one
+                    // purges its queue, so none of them is sent after the next attempt's
+                    // watermark check (or after this append gave up).
                     if let Ok(p) = Self::new_producer(&self.bootstrap) {
                         *self.producer.lock().unwrap() = Arc::new(p);
                     }
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(ConnectorError::External(format!(
+                            "{e} (retried for {} s; the rows are committed to the write-ahead log and delivered by the next append to the topic, or the next start)",
+                            budget.as_secs()
+                        )));
+                    }
+                    tracing::warn!(topic = %topic.kafka, error = %e, "append to Kafka failed; retrying");
                     check = true;
-                    std::thread::sleep(backoff.next_delay());
+                    std::thread::sleep(backoff.next_delay().min(deadline - now));
                 }
                 Err(e) => return Err(e),
             }
         }
     }
 
-    fn try_ship(&self, topic: &KafkaTopic, pending: &[Pending], check: bool) -> Result<()> {
+    /// One attempt of [`KafkaLog::ship`]; waiting for room in the producer's queue ends at
+    /// `deadline`.
+    fn try_ship(&self, topic: &KafkaTopic, pending: &[Pending], check: bool, deadline: Instant) -> Result<()> {
         let producer = self.producer();
         let ack = Arc::new(Ack::default());
         // With `check`: each partition's high watermark, read before anything is produced, says
@@ -393,6 +411,9 @@ impl KafkaLog {
                 loop {
                     match producer.send(rec) {
                         Ok(()) => break,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) if Instant::now() >= deadline => {
+                            return Err(kafka_err("produce", "the producer's queue stayed full (Kafka does not acknowledge)"));
+                        }
                         Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                             producer.poll(Duration::from_millis(5));
                             rec = back;
@@ -403,7 +424,7 @@ impl KafkaLog {
             }
         }
         sluice_catalog::failpoint::check("kafka_log::before_ack").map_err(|e| kafka_err("produce", e))?;
-        producer.flush(Duration::from_secs(30)).map_err(|e| kafka_err("flush", e))?;
+        producer.flush(FLUSH_TIMEOUT).map_err(|e| kafka_err("flush", e))?;
         let failed = ack.failed.load(Ordering::Relaxed);
         if failed > 0 {
             let e = ack.error.lock().unwrap().clone().unwrap_or_default();
@@ -423,7 +444,8 @@ impl KafkaLog {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let new = NewTopic::new(kafka, partitions as i32, TopicReplication::Fixed(1));
-            let results = futures::executor::block_on(admin.create_topics(&[new], &AdminOptions::new()))
+            let opts = AdminOptions::new().request_timeout(Some(TOPIC_ADMIN_TIMEOUT));
+            let results = futures::executor::block_on(admin.create_topics(&[new], &opts))
                 .map_err(|e| kafka_err(&format!("create topic '{kafka}'"), e))?;
             let error = results.into_iter().find_map(|r| r.err());
             let Some((_, code)) = error else { return Ok(()) };
@@ -579,7 +601,8 @@ impl TopicLog for KafkaLog {
         self.store.delete_prefix(&mut wb, CF_META, &wal_prefix(topic))?;
         self.store.write(wb)?;
         let admin = self.admin()?;
-        match futures::executor::block_on(admin.delete_topics(&[handle.kafka.as_str()], &AdminOptions::new())) {
+        let opts = AdminOptions::new().request_timeout(Some(TOPIC_ADMIN_TIMEOUT));
+        match futures::executor::block_on(admin.delete_topics(&[handle.kafka.as_str()], &opts)) {
             Ok(results) => {
                 for r in results {
                     if let Err((t, e)) = r {
@@ -606,13 +629,22 @@ impl TopicLog for KafkaLog {
         // A writer that panicked in `extra` wrote nothing: the lock guards no data, so a poisoned
         // one is sound.
         let _serial = handle.append.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = handle.failed.lock().unwrap().clone() {
+        // Bound first: a guard in the `if let` scrutinee would live through the block (edition
+        // 2021), and clearing the flag below would wait for it forever.
+        let failed = handle.failed.lock().unwrap().clone();
+        if let Some(e) = failed {
             // Deliver the failed append's rows first, from its write-ahead entries, so that no
-            // later append takes their offsets.
-            self.recover(&handle).map_err(|again| {
-                ConnectorError::Write(format!(
-                    "topic {topic}: an earlier append failed ({e}) and its rows still cannot be delivered ({again}); they are kept in its write-ahead entry"
-                ))
+            // later append takes their offsets. One attempt: the failed append already retried
+            // for its whole time, and writers queued behind it must not wait that long each.
+            // Nothing of this append is written when that fails.
+            self.recover(&handle, Duration::ZERO).map_err(|again| {
+                let msg = format!(
+                    "topic {topic}: an earlier append failed ({e}) and its rows still cannot be delivered ({again}); they are kept in its write-ahead entry, and nothing of this append was written"
+                );
+                match again {
+                    ConnectorError::External(_) => ConnectorError::External(msg),
+                    _ => ConnectorError::Write(msg),
+                }
             })?;
             *handle.failed.lock().unwrap() = None;
         }
@@ -649,10 +681,10 @@ impl TopicLog for KafkaLog {
         // From here on the rows are committed: a failure leaves them to the next start.
         let shipped = sluice_catalog::failpoint::check("kafka_log::after_wal")
             .map_err(ConnectorError::Write)
-            .and_then(|()| self.ship(&handle, &pending, false))
+            .and_then(|()| self.ship(&handle, &pending, false, SHIP_TIMEOUT))
             .and_then(|()| sluice_catalog::failpoint::check("kafka_log::after_ack").map_err(ConnectorError::Write));
         if let Err(e) = shipped {
-            tracing::error!(topic = %handle.kafka, error = %e, "append to Kafka failed; the topic refuses appends until the daemon restarts");
+            tracing::error!(topic = %handle.kafka, error = %e, "append to Kafka failed; its rows are delivered by the next append to the topic, or the next start");
             *handle.failed.lock().unwrap() = Some(e.to_string());
             return Err(e);
         }

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use std::collections::BTreeSet;
 
+use sluice_catalog::enforcer::{NotNullEnforcer, TABLE_OPTION as TABLE_NOT_NULL_ENFORCER};
+
 use crate::cdc::PostgresCdcOptions;
 use crate::datagen::DatagenOptions;
 use crate::error::{ConnectorError, Result};
@@ -176,6 +178,13 @@ pub fn watermark_idle_timeout(options: &BTreeMap<String, String>) -> Result<Opti
 /// Errors: [`ConnectorError::InvalidOption`] for an unknown connector, an unknown key or a bad
 /// value, naming the key.
 pub fn parse_table_options(options: &BTreeMap<String, String>) -> Result<TableConnector> {
+    if let Some(v) = options.get(TABLE_NOT_NULL_ENFORCER) {
+        // Any sink may carry it; the job reads it (see `NotNullEnforcer::for_sink`).
+        NotNullEnforcer::parse(TABLE_NOT_NULL_ENFORCER, v).map_err(|e| ConnectorError::InvalidOption(e.to_string()))?;
+        let mut rest = options.clone();
+        rest.remove(TABLE_NOT_NULL_ENFORCER);
+        return parse_table_options(&rest);
+    }
     if options.contains_key(WATERMARK_IDLE_TIMEOUT) {
         // Any source may carry it; the job reads it (see `watermark_idle_timeout`).
         watermark_idle_timeout(options)?;
@@ -258,6 +267,14 @@ pub fn redact_sql(sql: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn any_table_takes_the_sink_not_null_enforcer() {
+        let opts = |v: &str| [("sink.not-null-enforcer".to_string(), v.to_string())].into_iter().collect();
+        assert!(matches!(super::parse_table_options(&opts("drop")), Ok(super::TableConnector::Topic { .. })));
+        let e = super::parse_table_options(&opts("maybe")).unwrap_err().to_string();
+        assert!(e.contains("'sink.not-null-enforcer'") && e.contains("'maybe'"), "{e}");
+    }
+
     #[test]
     fn secrets_are_hidden_in_statement_text() {
         let sql = "CREATE TABLE t (a INT) WITH ('password' = 'it''s', 'database.password' = 'x', 'uri' = 'mongodb://u:p@h:1', 'port' = '5')";

@@ -36,6 +36,11 @@ pub enum ExecError {
     /// `FLUSH` found failed jobs (SQLSTATE 55000 at the server); the message names each.
     #[error("{0}")]
     JobsFailed(String),
+    /// A job's output row has NULL in a NOT NULL column of its sink and the sink's enforcer
+    /// is `ERROR` (SQLSTATE 23502 at the server; the text without the code is in the field).
+    /// Nothing of the epoch that produced the row commits.
+    #[error("{0} (SQLSTATE 23502)")]
+    NotNull(String),
     /// `FLUSH` timed out (SQLSTATE 57014 at the server); the message names the jobs behind.
     #[error("{0}")]
     FlushTimeout(String),

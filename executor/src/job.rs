@@ -14,7 +14,9 @@
 //! the sink topic), nothing of the epoch commits and the job is `FAILED` with the error; a
 //! restart resumes from the last complete checkpoint. The checkpoint metadata carries the
 //! plan's fingerprint and the state format version, and a restore refuses state written for
-//! another plan or format. A panic inside a job marks it `FAILED` with the panic's message.
+//! another plan or format, or for tables that were dropped since ([`JobRuntime::invalidate`]:
+//! a table dropped and created again, even with the same columns, starts its topic again at
+//! offset 0). A panic inside a job marks it `FAILED` with the panic's message.
 //!
 //! Bounded inputs end as in Flink: once a bounded source (a `datagen` table with an end) has
 //! produced its last row, its watermark advances to the maximum, so every window still open
@@ -33,7 +35,7 @@ use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 use sluice_catalog::dataflow::DataflowPlan;
 use sluice_catalog::store::CF_STATE;
-use sluice_catalog::{ChangeBatch, Store};
+use sluice_catalog::{ChangeBatch, NotNullEnforcer, Store};
 use sluice_connectors::datagen::DatagenOptions;
 use sluice_connectors::options::{parse_table_options, watermark_idle_timeout, TableConnector};
 use sluice_connectors::partition::partitions_of_rows;
@@ -42,6 +44,7 @@ use sluice_connectors::TopicLog;
 use crate::error::{failpoint, ExecError, Result};
 use crate::graph::{Graph, SourceWatermark};
 use crate::rows::eval;
+use crate::sink_nulls::{self, NotNullCheck, NullPolicy};
 use crate::state::job_prefix;
 
 /// Rows read from one partition per poll.
@@ -64,6 +67,9 @@ pub struct JobStatus {
     pub rows_out: AtomicU64,
     /// Rows dropped because they arrived behind the watermark.
     pub late_rows: Arc<AtomicU64>,
+    /// Output rows with NULL in a NOT NULL column of the sink, left out (`DROP`) or written to
+    /// the dead-letter table (`LOG`), in committed epochs ([`crate::sink_nulls`]).
+    pub null_rows: AtomicU64,
     /// Completed checkpoints.
     pub checkpoints: AtomicU64,
     /// Set when the job failed; the job thread has ended.
@@ -115,6 +121,10 @@ struct CheckpointMeta {
     /// [`Graph::fingerprint`] of the plan that wrote the state.
     #[serde(default)]
     fingerprint: Option<String>,
+    /// Set by [`JobRuntime::invalidate`] when a table the job reads or writes was dropped
+    /// after this checkpoint: why it may not be restored.
+    #[serde(default)]
+    invalidated: Option<String>,
 }
 
 enum SourceKind {
@@ -159,10 +169,22 @@ impl JobRuntime {
         Arc::new(JobRuntime { store, log, jobs: Mutex::new(HashMap::new()) })
     }
 
-    /// Builds the job's operators, restores its last checkpoint and starts its thread.
+    /// Builds the job's operators, restores its last checkpoint and starts its thread, with
+    /// Flink's default for NULL in a NOT NULL column of the sink (`ERROR`).
     ///
     /// Errors: operator construction or state restore failed (the job is not started).
     pub fn start(self: &Arc<Self>, id: &str, plan: DataflowPlan) -> Result<Arc<JobStatus>> {
+        self.start_with(id, plan, NullPolicy::default())
+    }
+
+    /// [`JobRuntime::start`] with the job's [`NullPolicy`].
+    ///
+    /// Errors: as [`JobRuntime::start`]; [`ExecError::Unsupported`] for `LOG` without a
+    /// dead-letter topic.
+    pub fn start_with(self: &Arc<Self>, id: &str, plan: DataflowPlan, nulls: NullPolicy) -> Result<Arc<JobStatus>> {
+        if nulls.enforcer == NotNullEnforcer::Log && nulls.dead_letter_topic.is_none() {
+            return Err(ExecError::Unsupported(format!("job {id}: 'LOG' needs the dead-letter table of {}", plan.sink.name)));
+        }
         let late_rows = Arc::new(AtomicU64::new(0));
         let mut graph = Graph::build(&plan.root, late_rows.clone())?;
         let fingerprint = graph.fingerprint();
@@ -220,6 +242,7 @@ impl JobRuntime {
             rows_in: AtomicU64::new(0),
             rows_out: AtomicU64::new(0),
             late_rows,
+            null_rows: AtomicU64::new(0),
             checkpoints: AtomicU64::new(meta.epoch),
             error: Mutex::new(None),
             committed: Mutex::new(HashMap::new()),
@@ -234,7 +257,12 @@ impl JobRuntime {
             finished: AtomicBool::new(false),
             handle: Mutex::new(None),
         });
+        let not_null = NotNullCheck::new(id, &plan.sink.name, plan.sink_schema.clone(), nulls.enforcer);
         let mut job = RunningJob {
+            not_null,
+            dead_letter_topic: nulls.dead_letter_topic,
+            dead_letters: Vec::new(),
+            pending_refused: 0,
             id: id.to_string(),
             store: self.store.clone(),
             log: self.log.clone(),
@@ -296,6 +324,28 @@ impl JobRuntime {
         for id in ids {
             self.stop(&id);
         }
+    }
+
+    /// Marks a stopped job's last checkpoint as one that may not be restored, with `reason`
+    /// (a table the job reads or writes is being dropped: the positions it saved belong to a
+    /// topic that goes away, its state and its sink's rows to data that no longer exists). A
+    /// later start fails with [`ExecError::StateMismatch`] giving the reason. A job without a
+    /// checkpoint has nothing to invalidate: it starts from the beginning of its inputs.
+    ///
+    /// Errors: the store cannot be read or written, or the checkpoint does not decode.
+    pub fn invalidate(&self, id: &str, reason: &str) -> Result<()> {
+        let Some(v) = self.store.db().get_cf(self.store.cf(CF_STATE), meta_key(id))? else { return Ok(()) };
+        let mut meta: CheckpointMeta = serde_json::from_slice(&v).map_err(|e| ExecError::CorruptState(e.to_string()))?;
+        if meta.invalidated.is_some() {
+            return Ok(());
+        }
+        meta.invalidated = Some(reason.to_string());
+        let bytes = serde_json::to_vec(&meta).map_err(|e| ExecError::CorruptState(e.to_string()))?;
+        let mut b = WriteBatch::default();
+        b.put_cf(self.store.cf(CF_STATE), meta_key(id), bytes);
+        self.store.write(b)?;
+        tracing::warn!(job = %id, reason, "checkpoint invalidated");
+        Ok(())
     }
 
     /// Deletes a stopped job's state and checkpoints.
@@ -367,7 +417,8 @@ fn meta_key(job: &str) -> Vec<u8> {
     k
 }
 
-/// Refuses state written by another plan or state format (see the module docs).
+/// Refuses state written by another plan or state format, or invalidated because a table of
+/// the job was dropped since (see the module docs).
 fn check_meta(id: &str, meta: &CheckpointMeta, fingerprint: &str) -> Result<()> {
     if meta.format != Some(STATE_FORMAT_VERSION) {
         return Err(ExecError::StateMismatch(format!(
@@ -379,6 +430,11 @@ fn check_meta(id: &str, meta: &CheckpointMeta, fingerprint: &str) -> Result<()> 
         return Err(ExecError::StateMismatch(format!(
             "job {id}: its checkpoint was written by a different plan (fingerprint {}, now {fingerprint}): a table it reads changed, or this version of Sluice plans the query differently; drop and recreate the job",
             meta.fingerprint.as_deref().unwrap_or("none")
+        )));
+    }
+    if let Some(reason) = &meta.invalidated {
+        return Err(ExecError::StateMismatch(format!(
+            "job {id}: its checkpoint cannot be restored: {reason}, so the offsets and state it saved describe rows that no longer exist; start the query again as a new job"
         )));
     }
     Ok(())
@@ -410,6 +466,14 @@ struct RunningJob {
     pending: Vec<RecordBatch>,
     pending_rows: usize,
     dirty: bool,
+    /// The sink's NOT NULL columns and what to do with a NULL in them.
+    not_null: NotNullCheck,
+    /// `LOG`: the topic of the sink's dead-letter table.
+    dead_letter_topic: Option<String>,
+    /// `LOG`: the epoch's dead letters, committed with it ([`crate::sink_nulls`]).
+    dead_letters: Vec<RecordBatch>,
+    /// Rows of the epoch refused by [`NotNullCheck`], counted once it commits.
+    pending_refused: u64,
 }
 
 impl RunningJob {
@@ -461,6 +525,8 @@ impl RunningJob {
 
     /// Runs until stopped (`Ok(false)`) or until every source has ended (`Ok(true)`).
     fn run(&mut self) -> Result<bool> {
+        // Dead letters of the last committed epoch that a crash kept from their table.
+        sink_nulls::ship(&self.store, self.log.as_ref(), &self.id)?;
         // Re-establish operator watermarks from the checkpoint (windows already emitted are
         // gone from state, so nothing is emitted twice).
         let wms = self.source_watermarks();
@@ -566,10 +632,15 @@ impl RunningJob {
                 continue;
             }
             let cols = eval(&self.plan.sink_exprs, &b.data)?;
-            let shaped = b.with_columns(self.plan.sink_schema.clone(), cols)?;
-            self.pending_rows += shaped.num_rows();
-            self.pending.push(shaped.to_topic_batch()?);
+            let checked = self.not_null.apply(b.with_columns(self.not_null.relaxed.clone(), cols)?)?;
+            self.pending_refused += checked.refused;
+            self.dead_letters.extend(checked.dead_letters);
             self.dirty = true;
+            if checked.rows.is_empty() {
+                continue;
+            }
+            self.pending_rows += checked.rows.num_rows();
+            self.pending.push(checked.rows.to_topic_batch()?);
         }
         Ok(())
     }
@@ -591,8 +662,13 @@ impl RunningJob {
             watermarks: self.sources.iter().map(|s| s.watermarks.clone()).collect(),
             format: Some(STATE_FORMAT_VERSION),
             fingerprint: Some(self.fingerprint.clone()),
+            invalidated: None,
         };
         let meta_bytes = serde_json::to_vec(&meta).map_err(|e| ExecError::CorruptState(e.to_string()))?;
+        let outbox = match &self.dead_letter_topic {
+            Some(topic) => sink_nulls::outbox_entry(&self.id, topic, &self.dead_letters)?,
+            None => None,
+        };
         let store = self.store.clone();
         let id = self.id.clone();
         let graph = &mut self.graph;
@@ -603,6 +679,9 @@ impl RunningJob {
                 return Err(sluice_connectors::ConnectorError::Write("checkpoint abandoned: operator state could not be written".into()));
             }
             wb.put_cf(store.cf(CF_STATE), meta_key(&id), &meta_bytes);
+            if let Some(entry) = &outbox {
+                sink_nulls::stage(&store, wb, entry);
+            }
             Ok(())
         };
         let appended = match &self.sink {
@@ -622,7 +701,13 @@ impl RunningJob {
             return Err(e);
         }
         appended?;
+        self.dead_letters.clear();
+        if outbox.is_some() {
+            failpoint("checkpoint::before_dead_letters")?;
+            sink_nulls::ship(&self.store, self.log.as_ref(), &self.id)?;
+        }
         failpoint("checkpoint::after_commit")?;
+        self.status.null_rows.fetch_add(std::mem::take(&mut self.pending_refused), Ordering::Relaxed);
         self.status.rows_out.fetch_add(self.pending_rows as u64, Ordering::Relaxed);
         self.status.checkpoints.store(self.epoch, Ordering::Relaxed);
         self.pending_rows = 0;

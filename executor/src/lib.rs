@@ -8,6 +8,8 @@
 //! - [`job`]: a persistent query's thread: reads sources from checkpointed offsets, runs the
 //!   graph, and commits barrier-aligned epochs (offsets, state and output in one atomic write).
 //! - [`materialize`]: a table's current contents from its changelog, for batch `SELECT`.
+//! - [`sink_nulls`]: the sink's NOT NULL columns enforced on a job's output (Flink's
+//!   `table.exec.sink.not-null-enforcer`), and the outbox of dead-lettered rows.
 //! - [`state`]: key layout of operator state in the store.
 //! - [`error`]: the crate's error type.
 
@@ -21,6 +23,7 @@ pub mod join;
 pub mod materialize;
 pub mod operator;
 pub mod rows;
+pub mod sink_nulls;
 pub mod source;
 pub mod state;
 pub mod window_agg;
@@ -28,3 +31,4 @@ pub mod window_agg;
 pub use error::{ExecError, Result};
 pub use job::{JobRuntime, JobStatus};
 pub use materialize::MaterializedTable;
+pub use sink_nulls::NullPolicy;

@@ -3,8 +3,9 @@
 //! rewrite.
 //!
 //! Sluice's statements, with Flink SQL's syntax where Flink has one:
-//! `CREATE TABLE` (see [`crate::ddl`]), `SHOW TABLES`, `SHOW JOBS`, `STOP JOB '<id>'`, `RESUME JOB '<id>'`,
-//! `DESCRIBE t` / `DESC t`, `SHOW CREATE TABLE t`, `DROP TABLE [IF EXISTS] t`, `EXPLAIN <stmt>`,
+//! `CREATE TABLE` (see [`crate::ddl`]), `SHOW TABLES`, `SHOW JOBS`, `STOP JOB '<id>'`,
+//! `RESUME JOB '<id>' [WITH ('key' = 'value', ...)]`, the SQL client's `SET 'key' = 'value'` and
+//! `RESET ['key']`, `DESCRIBE t` / `DESC t`, `SHOW CREATE TABLE t`, `DROP TABLE [IF EXISTS] t`, `EXPLAIN <stmt>`,
 //! and RisingWave's `FLUSH`; for connectors, ksqlDB's `CREATE SOURCE CONNECTOR` / `CREATE SINK
 //! CONNECTOR [IF NOT EXISTS] name WITH (...)`, `SHOW CONNECTORS` (or `LIST CONNECTORS`),
 //! `DESCRIBE CONNECTOR name` and `DROP CONNECTOR [IF EXISTS] name`.
@@ -14,6 +15,7 @@ use std::collections::BTreeMap;
 use sqlparser::ast::Statement;
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::Token;
 
 use crate::ddl::{parse_create_table, parse_with_options, CreateTable};
 use crate::error::{PlanError, Result};
@@ -35,8 +37,24 @@ pub enum SluiceStatement {
     Describe(String),
     /// `STOP JOB '<id>'`.
     StopJob(String),
-    /// `RESUME JOB '<id>'`: restarts a failed or stopped job from its last complete checkpoint.
-    ResumeJob(String),
+    /// `RESUME JOB '<id>' [WITH (...)]`: restarts a failed or stopped job from its last
+    /// complete checkpoint, with the options given changed for good.
+    ResumeJob {
+        /// The job id.
+        id: String,
+        /// The `WITH (...)` options (keys lower-cased); empty without `WITH`.
+        options: BTreeMap<String, String>,
+    },
+    /// `SET 'key' = 'value'`, Flink SQL client's session option (a `SET` without quotes, as
+    /// PostgreSQL drivers send it, is [`SluiceStatement::Sql`]).
+    SetOption {
+        /// The key, lower-cased.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// `RESET 'key'`, or `RESET` for every session option (Flink SQL client).
+    ResetOption(Option<String>),
     /// `FLUSH`: wait until every persistent query has processed all input written before it.
     Flush,
     /// `DROP TABLE [IF EXISTS] t`.
@@ -181,7 +199,20 @@ pub fn parse_statement(sql: &str) -> Result<SluiceStatement> {
     }
     if c.eat_kws(&["RESUME", "JOB"]) {
         let id = c.string()?;
-        return end(&c, SluiceStatement::ResumeJob(id));
+        let options = if c.eat_kw("WITH") { parse_with_options(&mut c)? } else { BTreeMap::new() };
+        return end(&c, SluiceStatement::ResumeJob { id, options });
+    }
+    if c.peek_kw("SET") && matches!(c.peek_n(1), Token::SingleQuotedString(_)) {
+        c.next();
+        let key = c.string()?.to_lowercase();
+        c.expect(&Token::Eq, "'=' after the option's key")?;
+        let value = c.string()?;
+        return end(&c, SluiceStatement::SetOption { key, value });
+    }
+    if c.peek_kw("RESET") && matches!(c.peek_n(1), Token::SingleQuotedString(_) | Token::EOF | Token::SemiColon) {
+        c.next();
+        let key = if c.at_end() { None } else { Some(c.string()?.to_lowercase()) };
+        return end(&c, SluiceStatement::ResetOption(key));
     }
     if c.eat_kw("FLUSH") {
         return end(&c, SluiceStatement::Flush);
@@ -218,5 +249,31 @@ fn end(c: &Cursor, s: SluiceStatement) -> Result<SluiceStatement> {
         Ok(s)
     } else {
         Err(PlanError::Syntax(format!("unexpected {} at the end of the statement", c.peek())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_options_and_resume_with_options() {
+        let SluiceStatement::SetOption { key, value } = parse_statement("SET 'Table.Exec.Sink.Not-Null-Enforcer' = 'DROP';").unwrap() else {
+            panic!("not a SetOption")
+        };
+        assert_eq!((key.as_str(), value.as_str()), ("table.exec.sink.not-null-enforcer", "DROP"));
+        // PostgreSQL's SET, as drivers send it, still goes to sqlparser.
+        assert!(matches!(parse_statement("SET extra_float_digits = 3").unwrap(), SluiceStatement::Sql(_)));
+        assert!(matches!(parse_statement("RESET").unwrap(), SluiceStatement::ResetOption(None)));
+        assert!(matches!(parse_statement("RESET 'a.b'").unwrap(), SluiceStatement::ResetOption(Some(k)) if k == "a.b"));
+        let SluiceStatement::ResumeJob { id, options } =
+            parse_statement("RESUME JOB 'abc' WITH ('table.exec.sink.not-null-enforcer' = 'LOG')").unwrap()
+        else {
+            panic!("not a ResumeJob")
+        };
+        assert_eq!(id, "abc");
+        assert_eq!(options.get("table.exec.sink.not-null-enforcer").map(String::as_str), Some("LOG"));
+        assert!(matches!(parse_statement("RESUME JOB 'abc'").unwrap(), SluiceStatement::ResumeJob { options, .. } if options.is_empty()));
+        assert!(matches!(parse_statement("SET 'a' 'b'"), Err(PlanError::Syntax(_))));
     }
 }

@@ -13,8 +13,8 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
 use sluice_catalog::store::CF_META;
-use sluice_catalog::{ChangeBatch, ConnectorDef, JobDef, JobState, Op, Store, TableDef};
-use sluice_connectors::format::dead_letter_schema;
+use sluice_catalog::enforcer::SESSION_OPTION;
+use sluice_catalog::{ChangeBatch, ConnectorDef, JobDef, JobState, NotNullEnforcer, Op, Store, TableDef};
 use sluice_connectors::kafka::ErrorMode;
 use sluice_connectors::options::{External, TableConnector};
 use sluice_connectors::{EmbeddedLog, KafkaLog, TopicLog};
@@ -30,10 +30,12 @@ use sqlparser::ast::{
     Statement, TableFactor, TableObject,
 };
 
-use crate::connect::{dead_letter_table, ConnectorRuntime};
+use crate::connect::ConnectorRuntime;
 use crate::copy::CopyFormat;
 use crate::errors::{SqlError, SqlResult};
 use crate::provider::{LogHandle, SluiceTable, TableEntry};
+use crate::session::Session;
+use crate::sink_nulls::logs_into;
 
 /// What a statement returns to the client.
 #[derive(Debug)]
@@ -285,22 +287,22 @@ impl Engine {
         self.tables.read().unwrap().get(name).cloned().ok_or_else(|| SqlError::unknown_table(name))
     }
 
-    /// Runs one statement. `params` are the bound values of `$n` placeholders.
+    /// Runs one statement outside any client session (its session options are the defaults).
+    /// `params` are the bound values of `$n` placeholders.
     pub async fn execute(self: &Arc<Self>, sql: &str, params: Option<ParamValues>) -> SqlResult<Output> {
-        // A large INSERT ... VALUES is parsed in pieces (see `values::split_values`).
-        let large = sql.len() >= crate::values::LARGE_STATEMENT_BYTES;
-        let pieces = if large && params.as_ref().is_none_or(|p| matches!(p, ParamValues::List(l) if l.is_empty())) {
-            crate::values::split_values(sql)
-        } else {
-            None
-        };
-        match pieces {
-            Some(pieces) => self.insert_pieces(&pieces).await,
-            None => self.execute_statement(sql, params).await,
-        }
+        self.execute_for(&Session::default(), sql, params).await
     }
 
-    async fn execute_statement(self: &Arc<Self>, sql: &str, params: Option<ParamValues>) -> SqlResult<Output> {
+    /// Runs one statement for a client's session: `SET 'key' = 'value'` and `RESET` change
+    /// its options, and a persistent query takes the ones it needs from it.
+    pub async fn execute_for(self: &Arc<Self>, session: &Session, sql: &str, params: Option<ParamValues>) -> SqlResult<Output> {
+        // A large INSERT ... VALUES is parsed in pieces (see `values::split_values`).
+        let large = sql.len() >= crate::values::LARGE_STATEMENT_BYTES;
+        if large && params.as_ref().is_none_or(|p| matches!(p, ParamValues::List(l) if l.is_empty())) {
+            if let Some(pieces) = crate::values::split_values(sql) {
+                return self.insert_pieces(&pieces).await;
+            }
+        }
         match parse_statement(sql)? {
             SluiceStatement::CreateTable(ct) => self.create_table(ct.def, ct.if_not_exists).await,
             SluiceStatement::ShowTables => self.show_tables(),
@@ -317,7 +319,12 @@ impl Engine {
             SluiceStatement::DropConnector { name, if_exists } => self.drop_connector(&name, if_exists).await,
             SluiceStatement::Describe(n) => self.describe_table(&n),
             SluiceStatement::StopJob(id) => self.stop_job(&id).await,
-            SluiceStatement::ResumeJob(id) => self.resume_job(&id).await,
+            SluiceStatement::ResumeJob { id, options } => self.resume_job(&id, &options).await,
+            SluiceStatement::SetOption { key, value } => self.set_option(session, &key, &value),
+            SluiceStatement::ResetOption(key) => {
+                session.reset_option(key.as_deref());
+                Ok(Output::Command { tag: "RESET".into(), notice: None })
+            }
             SluiceStatement::Flush => {
                 // A job that could not even resume (its state refused, its plan invalid) is a
                 // failed job too: FLUSH names it until it is stopped or resumed.
@@ -340,11 +347,11 @@ impl Engine {
             }
             SluiceStatement::DropTable { name, if_exists } => self.drop_table(&name, if_exists).await,
             SluiceStatement::Explain(inner) => self.explain(&inner).await,
-            SluiceStatement::Sql(stmt) => self.execute_sql(*stmt, sql, params).await,
+            SluiceStatement::Sql(stmt) => self.execute_sql(*stmt, sql, params, session).await,
         }
     }
 
-    async fn execute_sql(self: &Arc<Self>, stmt: Statement, sql: &str, params: Option<ParamValues>) -> SqlResult<Output> {
+    async fn execute_sql(self: &Arc<Self>, stmt: Statement, sql: &str, params: Option<ParamValues>, session: &Session) -> SqlResult<Output> {
         match stmt {
             Statement::Query(_) => {
                 let plan = self.df_plan(stmt, params).await?;
@@ -353,7 +360,7 @@ impl Engine {
                 let batches = df.collect().await?;
                 Ok(Output::Rows { schema, batches })
             }
-            Statement::Insert(ins) => self.insert(ins, sql, params).await,
+            Statement::Insert(ins) => self.insert(ins, sql, params, session).await,
             Statement::Update(u) => {
                 let name = match &u.table.relation {
                     TableFactor::Table { name, .. } => table_name(name),
@@ -536,18 +543,7 @@ impl Engine {
                         return Err(SqlError::new("42703", format!("key field \"{c}\" is not a column of \"{}\"", def.name)));
                     }
                     if k.error_mode == ErrorMode::Log {
-                        let dlq = dead_letter_table(&def.name);
-                        if !self.tables.read().unwrap().contains_key(&dlq) {
-                            let cols: Vec<String> = dead_letter_schema()
-                                .fields()
-                                .iter()
-                                .map(|f| format!("`{}` {}", f.name(), sluice_connectors::cdc::sql_type_of(f.data_type())))
-                                .collect();
-                            let sql = format!("CREATE TABLE `{dlq}` ({})", cols.join(", "));
-                            if let SluiceStatement::CreateTable(ct) = parse_statement(&sql)? {
-                                Box::pin(self.create_table_locked(ct.def)).await?;
-                            }
-                        }
+                        Box::pin(self.ensure_dead_letter_table(&def.name)).await?;
                     }
                 }
                 External::PostgresCdc(_) if def.primary_key.is_empty() => {
@@ -560,10 +556,11 @@ impl Engine {
             }
         }
         if let TableConnector::Topic { partitions, .. } = &connector {
-            self.log.create_topic(def.topic(), *partitions)?;
+            // On the Kafka backend this waits for Kafka to create the topic.
+            blocking(|| self.log.create_topic(def.topic(), *partitions))?;
         }
         if let Err(e) = self.store.put_table(&def) {
-            let _ = self.log.delete_topic(def.topic());
+            let _ = blocking(|| self.log.delete_topic(def.topic()));
             return Err(e.into());
         }
         let entry = self.register(def, connector)?;
@@ -581,7 +578,7 @@ impl Engine {
         };
         for job in self.jobs.read().unwrap().values() {
             let running = self.runtime.status(&job.id).map(|s| s.is_running()).unwrap_or(false);
-            if running && (job.sink == name || job.sources.iter().any(|s| s == name)) {
+            if running && (job.sink == name || job.sources.iter().any(|s| s == name) || logs_into(job, name)) {
                 return Err(SqlError::new(
                     "2BP01",
                     format!(
@@ -599,6 +596,20 @@ impl Engine {
                 format!("cannot drop table \"{name}\" because connector \"{}\" uses it; DROP CONNECTOR {} first", c.name, c.name),
             ));
         }
+        // The stopped or failed jobs that read or write the table keep checkpoints that point
+        // into its topic: once it is gone (and perhaps created again, with its offsets from 0),
+        // none of them may be restored. Marked first, so a crash part way fails closed.
+        for job in self.jobs.read().unwrap().values() {
+            let role = if job.sink == name {
+                "writes"
+            } else if job.sources.iter().any(|s| s == name) {
+                "reads"
+            } else {
+                continue;
+            };
+            let what = if role == "reads" { "a table it reads changed" } else { "the table it writes changed" };
+            self.runtime.invalidate(&job.id, &format!("table \"{name}\" it {role} was dropped after its last checkpoint ({what})"))?;
+        }
         let rt = self.connectors.clone();
         let key = name.to_string();
         tokio::task::spawn_blocking(move || rt.stop_owner(&key)).await.map_err(|e| SqlError::new("XX000", e.to_string()))?;
@@ -611,7 +622,8 @@ impl Engine {
         self.tables.write().unwrap().remove(name);
         self.store.delete_table(name)?;
         if matches!(entry.connector, TableConnector::Topic { .. }) {
-            self.log.delete_topic(entry.def.topic())?;
+            // On the Kafka backend this waits for Kafka to delete the topic.
+            blocking(|| self.log.delete_topic(entry.def.topic()))?;
         }
         Ok(Output::Command { tag: "DROP TABLE".into(), notice })
     }
@@ -730,7 +742,7 @@ impl Engine {
         self.append(&entry, batches)
     }
 
-    async fn insert(self: &Arc<Self>, ins: Insert, sql: &str, params: Option<ParamValues>) -> SqlResult<Output> {
+    async fn insert(self: &Arc<Self>, ins: Insert, sql: &str, params: Option<ParamValues>, session: &Session) -> SqlResult<Output> {
         let TableObject::TableName(tn) = &ins.table else {
             return Err(SqlError::unsupported("INSERT INTO a table function"));
         };
@@ -743,7 +755,7 @@ impl Engine {
             if params.as_ref().map(|p| !matches!(p, ParamValues::List(l) if l.is_empty())).unwrap_or(false) {
                 return Err(SqlError::unsupported("parameters in a persistent query"));
             }
-            return self.create_job(ins, sql).await;
+            return self.create_job(ins, sql, session).await;
         }
         let out = self.values_batches(&entry, ins, params).await?;
         let n = self.append(&entry, out)?;
@@ -830,9 +842,15 @@ impl Engine {
         Ok(plan_dataflow(&self.ctx, &Lookup(&tables), &plan, &sink.def, &columns)?)
     }
 
-    async fn create_job(self: &Arc<Self>, ins: Insert, sql: &str) -> SqlResult<Output> {
+    /// Starts a persistent query, with the NOT NULL enforcer of its sink's option or else of
+    /// the session ([`NotNullEnforcer::for_sink`]), stored with the job.
+    async fn create_job(self: &Arc<Self>, ins: Insert, sql: &str, session: &Session) -> SqlResult<Output> {
         let _g = self.ddl.lock().await;
         let plan = self.plan_job(&ins).await?;
+        let enforcer = NotNullEnforcer::for_sink(&plan.sink.options, session.option(SESSION_OPTION).as_deref())?;
+        if enforcer == NotNullEnforcer::Log {
+            self.ensure_dead_letter_table(&plan.sink.name).await?;
+        }
         self.prepare_sink(&plan.sink.name)?;
         let id = new_job_id();
         let job = JobDef {
@@ -843,10 +861,12 @@ impl Engine {
             state: JobState::Running,
             error: None,
             seq: self.store.next_counter("job")?,
+            not_null_enforcer: enforcer,
         };
+        let nulls = self.null_policy(&job)?;
         self.store.put_job(&job)?;
         let plan_sink = plan.sink.name.clone();
-        self.runtime.start(&id, plan)?;
+        self.runtime.start_with(&id, plan, nulls)?;
         self.jobs.write().unwrap().insert(id.clone(), job);
         let sink = self.table(&plan_sink)?;
         if matches!(&sink.connector, TableConnector::Topic { external: Some(External::Kafka(_)), .. }) {
@@ -867,7 +887,7 @@ impl Engine {
             return Err(SqlError::new("XX000", "stored job is not an INSERT"));
         };
         let plan = self.plan_job(&ins).await?;
-        self.runtime.start(&job.id, plan)?;
+        self.runtime.start_with(&job.id, plan, self.null_policy(job)?)?;
         Ok(())
     }
 
@@ -889,12 +909,14 @@ impl Engine {
         Ok(Output::Command { tag: "STOP JOB".into(), notice: None })
     }
 
-    /// `RESUME JOB '<id>'`: starts a failed or stopped job again from its last complete
-    /// checkpoint (after the cause of its failure was fixed), re-planned from its SQL. A job
-    /// whose state is refused (another plan or state format) fails again with that error.
+    /// `RESUME JOB '<id>' [WITH (...)]`: starts a failed or stopped job again from its last
+    /// complete checkpoint (after the cause of its failure was fixed), re-planned from its SQL,
+    /// so the input of the epoch that failed is processed again. `WITH` changes the job's
+    /// options for good ([`Engine::resume_options`]). A job whose state is refused (another
+    /// plan or state format) fails again with that error.
     ///
-    /// Errors: 42704 unknown job; 55000 the job is running.
-    async fn resume_job(&self, id: &str) -> SqlResult<Output> {
+    /// Errors: 42704 unknown job; 55000 the job is running; 22023 an unknown option or value.
+    async fn resume_job(self: &Arc<Self>, id: &str, options: &BTreeMap<String, String>) -> SqlResult<Output> {
         let _g = self.ddl.lock().await;
         let mut job = self
             .jobs
@@ -906,14 +928,27 @@ impl Engine {
         if self.runtime.status(id).is_some_and(|s| s.is_running()) {
             return Err(SqlError::new("55000", format!("job '{id}' is running")));
         }
+        self.resume_options(&mut job, options).await?;
         let rt = self.runtime.clone();
         let id2 = id.to_string();
         // Joins the ended thread of the job, if any.
         tokio::task::spawn_blocking(move || rt.stop(&id2)).await.map_err(|e| SqlError::new("XX000", e.to_string()))?;
-        let started = self.start_job(&job).await;
-        job.state = if started.is_ok() { JobState::Running } else { JobState::Failed };
-        job.error = started.as_ref().err().map(|e| e.message.clone());
+        // Stored as running before it starts: when the store refuses the write (a full disk,
+        // 53100) RESUME JOB fails having changed nothing, instead of starting a job that the
+        // catalog still calls stopped or failed.
+        job.state = JobState::Running;
+        job.error = None;
         self.store.put_job(&job)?;
+        let started = self.start_job(&job).await;
+        if let Err(e) = &started {
+            job.state = JobState::Failed;
+            job.error = Some(e.message.clone());
+            // The start's error is the one reported; if this write fails too, the job is
+            // stored as running and its next start fails it again.
+            if let Err(w) = self.store.put_job(&job) {
+                tracing::warn!(job = %id, error = %w, "cannot store the failed start of a resumed job");
+            }
+        }
         self.jobs.write().unwrap().insert(id.to_string(), job);
         started?;
         tracing::info!(job = %id, "job resumed");
@@ -944,15 +979,19 @@ impl Engine {
         let mut ids = Vec::new();
         let mut states = Vec::new();
         let mut sinks = Vec::new();
-        let (mut rin, mut rout, mut late, mut ckpt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut rin, mut rout, mut late, mut nulls, mut ckpt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut errors = Vec::new();
         let mut sqls = Vec::new();
         use std::sync::atomic::Ordering::Relaxed;
         for j in jobs {
             let st = self.runtime.status(&j.id);
             ids.push(j.id.clone());
+            // A job that could not start (its state refused at RESUME JOB or at the daemon's
+            // start) is FAILED with that error; a runtime status left from an earlier run of it
+            // tells nothing about it.
             let state = match (&st, j.state) {
                 (_, JobState::Stopped) => "STOPPED".to_string(),
+                (_, JobState::Failed) => "FAILED".to_string(),
                 (Some(s), _) => s.state().to_string(),
                 (None, s) => s.as_str().to_string(),
             };
@@ -961,8 +1000,10 @@ impl Engine {
             rin.push(st.as_ref().map(|s| s.rows_in.load(Relaxed)).unwrap_or(0));
             rout.push(st.as_ref().map(|s| s.rows_out.load(Relaxed)).unwrap_or(0));
             late.push(st.as_ref().map(|s| s.late_rows.load(Relaxed)).unwrap_or(0));
+            nulls.push(st.as_ref().map(|s| s.null_rows.load(Relaxed)).unwrap_or(0));
             ckpt.push(st.as_ref().map(|s| s.checkpoints.load(Relaxed)).unwrap_or(0));
-            errors.push(st.as_ref().and_then(|s| s.error.lock().unwrap().clone()).or(j.error.clone()));
+            let run_error = st.as_ref().and_then(|s| s.error.lock().unwrap().clone());
+            errors.push(if j.state == JobState::Failed { j.error.clone().or(run_error) } else { run_error.or(j.error.clone()) });
             sqls.push(j.sql.clone());
         }
         let schema = jobs_schema();
@@ -973,6 +1014,7 @@ impl Engine {
             Arc::new(UInt64Array::from(rin)),
             Arc::new(UInt64Array::from(rout)),
             Arc::new(UInt64Array::from(late)),
+            Arc::new(UInt64Array::from(nulls)),
             Arc::new(UInt64Array::from(ckpt)),
             Arc::new(StringArray::from(errors)),
             Arc::new(StringArray::from(sqls)),
@@ -1087,6 +1129,8 @@ pub fn jobs_schema() -> SchemaRef {
         Field::new("rows_in", DataType::UInt64, false),
         Field::new("rows_out", DataType::UInt64, false),
         Field::new("late_rows", DataType::UInt64, false),
+        // Output rows with NULL in a NOT NULL column of the sink, dropped or dead-lettered.
+        Field::new("null_rows", DataType::UInt64, false),
         Field::new("checkpoints", DataType::UInt64, false),
         Field::new("error", DataType::Utf8, true),
         Field::new("query", DataType::Utf8, false),

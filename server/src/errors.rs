@@ -123,6 +123,7 @@ impl From<ExecError> for SqlError {
             ExecError::Unsupported(m) => SqlError::new("0A000", m),
             ExecError::StateMismatch(m) | ExecError::JobsFailed(m) => SqlError::new("55000", m),
             ExecError::FlushTimeout(m) => SqlError::new("57014", m),
+            ExecError::NotNull(m) => SqlError::new("23502", m),
             other => {
                 let m = other.to_string();
                 SqlError::new(internal_or_disk_full(&m), m)
@@ -149,6 +150,7 @@ impl From<sluice_catalog::CatalogError> for SqlError {
             C::NotFound { .. } => "42P01",
             C::InUse(_) => "2BP01",
             C::ValueTooLong(_) => "22001",
+            C::InvalidOption(_) => "22023",
             _ => internal_or_disk_full(&e.to_string()),
         };
         SqlError { code, message: e.to_string() }

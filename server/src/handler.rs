@@ -45,7 +45,7 @@ impl Handler {
     /// Runs one statement for `session`: the engine executes it, the session applies the
     /// transaction-block rules to its result.
     async fn run(&self, session: &Session, sql: &str, params: Option<datafusion::common::ParamValues>) -> SqlResult<Output> {
-        session.after(self.engine.execute(sql, params).await?)
+        session.after(self.engine.execute_for(session, sql, params).await?)
     }
 
     async fn respond<C>(&self, client: &mut C, out: Output, format: &Format) -> PgWireResult<Response>

@@ -5,7 +5,10 @@
 //! - [`engine`]: statement dispatch over the catalog, topics, jobs and DataFusion.
 //! - [`provider`]: tables as DataFusion table providers, for batch queries.
 //! - [`handler`]: the pgwire front end (simple and extended protocols, COPY).
-//! - [`session`]: per-connection state: the `BEGIN` block and what it changed, a COPY in progress.
+//! - [`session`]: per-connection state: the `BEGIN` block and what it changed, a COPY in progress,
+//!   `SET 'key' = 'value'` options.
+//! - [`sink_nulls`]: the NOT NULL enforcer of jobs' sinks (`table.exec.sink.not-null-enforcer`),
+//!   `RESUME JOB ... WITH (...)`, dead-letter tables.
 //! - [`params`]: bound parameters of the extended protocol, checked and decoded.
 //! - [`copy`]: parsing of `COPY FROM STDIN` data, as it arrives.
 //! - [`errors`]: the error type and its SQLSTATE codes.
@@ -20,6 +23,7 @@ pub mod params;
 pub mod pgtext;
 pub mod provider;
 pub mod session;
+pub mod sink_nulls;
 mod values;
 
 use std::sync::Arc;

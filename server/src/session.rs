@@ -1,5 +1,7 @@
-//! Per-connection state: the transaction block a client opened with `BEGIN`, and the
-//! `COPY FROM STDIN` in progress. It lives in pgwire's session extensions, so it goes away with
+//! Per-connection state: the transaction block a client opened with `BEGIN`, the
+//! `COPY FROM STDIN` in progress, and the session options set with Flink SQL client's
+//! `SET 'key' = 'value'` (read when a statement needs them, as `INSERT INTO ... SELECT` reads
+//! `table.exec.sink.not-null-enforcer`). It lives in pgwire's session extensions, so it goes away with
 //! the connection.
 //!
 //! Sluice has no multi-statement transactions: every statement is committed when it runs (an
@@ -10,6 +12,7 @@
 //! answering `ROLLBACK` as if they were undone. A `ROLLBACK` of a block that only read is fine.
 //! Either way the block ends.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use pgwire::api::ClientInfo;
@@ -37,6 +40,8 @@ struct State {
     /// the catalog in it.
     block: Option<Vec<String>>,
     copy: Option<CopyIn>,
+    /// `SET 'key' = 'value'` options, keys lower-cased.
+    options: BTreeMap<String, String>,
 }
 
 /// The state of one client connection.
@@ -105,6 +110,27 @@ impl Session {
     /// Runs `f` on the `COPY` in progress; None when there is none.
     pub fn with_copy<R>(&self, f: impl FnOnce(&mut CopyIn) -> R) -> Option<R> {
         self.state.lock().unwrap().copy.as_mut().map(f)
+    }
+
+    /// Sets a session option (`SET 'key' = 'value'`); the caller has checked the value.
+    pub fn set_option(&self, key: &str, value: &str) {
+        self.state.lock().unwrap().options.insert(key.to_lowercase(), value.to_string());
+    }
+
+    /// Resets one session option to its default (`RESET 'key'`), or all (`RESET`).
+    pub fn reset_option(&self, key: Option<&str>) {
+        let mut st = self.state.lock().unwrap();
+        match key {
+            Some(k) => {
+                st.options.remove(&k.to_lowercase());
+            }
+            None => st.options.clear(),
+        }
+    }
+
+    /// The value of a session option, if `SET`.
+    pub fn option(&self, key: &str) -> Option<String> {
+        self.state.lock().unwrap().options.get(&key.to_lowercase()).cloned()
     }
 
     /// Ends the `COPY` in progress, returning it.

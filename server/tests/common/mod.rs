@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod kafka;
 pub mod oracle;
 pub mod services;
 
@@ -51,4 +52,21 @@ pub async fn rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
 /// Runs statements, panicking with the statement on error.
 pub async fn exec(client: &Client, sql: &str) {
     client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+}
+
+/// The single number a query such as `SELECT count(*) ...` returns.
+pub async fn count(client: &Client, sql: &str) -> i64 {
+    let r = rows(client, sql).await;
+    r[0][0].as_deref().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{sql}: not one number: {r:?}"))
+}
+
+/// The value of `property` in `DESCRIBE CONNECTOR name` (`state`, `position`, `rows`, ...).
+pub async fn connector_property(client: &Client, name: &str, property: &str) -> Option<String> {
+    rows(client, &format!("DESCRIBE CONNECTOR {name}")).await.into_iter().find(|r| r[0].as_deref() == Some(property)).and_then(|r| r[1].clone())
+}
+
+/// `DESCRIBE CONNECTOR name` as `property=value` text, for failure messages.
+pub async fn described(client: &Client, name: &str) -> String {
+    let props = rows(client, &format!("DESCRIBE CONNECTOR {name}")).await;
+    props.iter().map(|r| format!("{}={}", r[0].as_deref().unwrap_or(""), r[1].as_deref().unwrap_or(""))).collect::<Vec<_>>().join(", ")
 }

@@ -56,6 +56,12 @@ impl Service {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The process id of the service's own process (`None` once stopped, and for PostgreSQL,
+    /// which `pg_ctl` runs detached), e.g. to stall it with SIGSTOP.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Stops the service now (to test a sink that is down).
     pub fn stop(&mut self) {
         if let Some(bin) = &self.postgres_bin {
@@ -220,6 +226,22 @@ pub async fn pg_client(pg: &Service) -> tokio_postgres::Client {
         let _ = conn.await;
     });
     client
+}
+
+/// The rows of a query on a [`postgres`] service (simple protocol), as text, sorted.
+pub async fn pg_rows(pg: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    let mut out: Vec<Vec<Option<String>>> = pg
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// Polls `f` every 100 ms until it returns true or `secs` pass; panics with `what` on timeout.
