@@ -6,28 +6,25 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array};
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{DFSchema, ParamValues, TableReference};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
-use sluice_catalog::store::CF_META;
-use sluice_catalog::enforcer::SESSION_OPTION;
-use sluice_catalog::{ChangeBatch, ConnectorDef, JobDef, JobState, NotNullEnforcer, Op, Store, TableDef};
+use sluice_catalog::{ConnectorDef, JobDef, JobState, Op, Store, TableDef};
 use sluice_connectors::kafka::ErrorMode;
 use sluice_connectors::options::{External, TableConnector};
 use sluice_connectors::{EmbeddedLog, KafkaLog, TopicLog};
 
 /// Meta key naming the topic backend a data directory was made with (`embedded` or `kafka`).
 const BACKEND_KEY: &[u8] = b"topic-backend";
-use sluice_executor::job::partition_batches;
 use sluice_executor::{JobRuntime, MaterializedTable};
-use sluice_planner::stream::{plan_dataflow, TableLookup};
+use sluice_planner::stream::TableLookup;
 use sluice_planner::{parse_statement, resolve_table, streaming_logical_plan, SluiceStatement};
 use sqlparser::ast::{
-    AssignmentTarget, CopySource, CopyTarget, FromTable, Insert, ObjectName, ObjectNamePart, Query, SetExpr,
-    Statement, TableFactor, TableObject,
+    AssignmentTarget, CopySource, CopyTarget, FromTable, ObjectName, ObjectNamePart, Query, SetExpr,
+    Statement, TableFactor,
 };
 
 use crate::connect::ConnectorRuntime;
@@ -72,14 +69,14 @@ pub struct CopyInTarget {
 }
 
 /// How long `FLUSH` waits at most.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The engine behind every session.
 pub struct Engine {
     pub(crate) store: Store,
     pub(crate) log: Arc<dyn TopicLog>,
-    runtime: Arc<JobRuntime>,
-    ctx: SessionContext,
+    pub(crate) runtime: Arc<JobRuntime>,
+    pub(crate) ctx: SessionContext,
     pub(crate) tables: RwLock<BTreeMap<String, Arc<TableEntry>>>,
     pub(crate) jobs: RwLock<BTreeMap<String, JobDef>>,
     /// Connectors created with `CREATE SOURCE|SINK CONNECTOR`.
@@ -91,10 +88,10 @@ pub struct Engine {
     /// Serializes catalog changes (CREATE / DROP / job start) against each other.
     pub(crate) ddl: tokio::sync::Mutex<()>,
     /// Serializes writes per table, so a write's rows stay together.
-    writes: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    pub(crate) writes: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
-struct Lookup<'a>(&'a BTreeMap<String, Arc<TableEntry>>);
+pub(crate) struct Lookup<'a>(pub(crate) &'a BTreeMap<String, Arc<TableEntry>>);
 
 impl TableLookup for Lookup<'_> {
     fn table(&self, name: &str) -> Option<TableDef> {
@@ -117,7 +114,7 @@ pub fn table_name(name: &ObjectName) -> String {
     }
 }
 
-fn ident_name(id: &sqlparser::ast::Ident) -> String {
+pub(crate) fn ident_name(id: &sqlparser::ast::Ident) -> String {
     if id.quote_style.is_some() {
         id.value.clone()
     } else {
@@ -129,14 +126,14 @@ pub(crate) fn text_schema(cols: &[&str]) -> SchemaRef {
     Arc::new(Schema::new(cols.iter().map(|c| Field::new(*c, DataType::Utf8, true)).collect::<Vec<_>>()))
 }
 
-fn new_job_id() -> String {
+pub(crate) fn new_job_id() -> String {
     use rand::Rng;
     let mut r = rand::rng();
     format!("{:016x}{:016x}", r.random::<u64>(), r.random::<u64>())
 }
 
 /// True when the query reads a table (then `INSERT INTO ... SELECT` is a persistent query).
-fn reads_tables(q: &Query) -> bool {
+pub(crate) fn reads_tables(q: &Query) -> bool {
     fn set_expr(s: &SetExpr) -> bool {
         match s {
             SetExpr::Select(sel) => !sel.from.is_empty(),
@@ -476,7 +473,7 @@ impl Engine {
         }
     }
 
-    async fn df_plan(&self, stmt: Statement, params: Option<ParamValues>) -> SqlResult<LogicalPlan> {
+    pub(crate) async fn df_plan(&self, stmt: Statement, params: Option<ParamValues>) -> SqlResult<LogicalPlan> {
         let plan = self.ctx.state().statement_to_plan(DfStatement::Statement(Box::new(stmt))).await?;
         Ok(match params {
             Some(p) => plan.with_param_values(p)?,
@@ -628,400 +625,6 @@ impl Engine {
         Ok(Output::Command { tag: "DROP TABLE".into(), notice })
     }
 
-    fn upsert_table(&self, name: &str, what: &str) -> SqlResult<Arc<TableEntry>> {
-        let entry = self.table(name)?;
-        if !entry.def.is_upsert() {
-            return Err(SqlError::unsupported(format!(
-                "{what} needs a table with a PRIMARY KEY; \"{name}\" is append-only"
-            )));
-        }
-        Ok(entry)
-    }
-
-    /// Runs `select` (physical columns of `entry`) and writes its rows with `op`.
-    async fn write_query_rows(&self, entry: &TableEntry, select: &str, params: Option<ParamValues>, op: Op) -> SqlResult<usize> {
-        let stmt = match parse_statement(select)? {
-            SluiceStatement::Sql(s) => *s,
-            _ => return Err(SqlError::new("XX000", "internal: bad generated query")),
-        };
-        let plan = self.df_plan(stmt, params).await?;
-        let batches = self.ctx.execute_logical_plan(plan).await?.collect().await?;
-        let schema = entry.def.physical_schema()?;
-        let mut out = Vec::new();
-        for b in batches {
-            let cols = b
-                .columns()
-                .iter()
-                .zip(schema.fields())
-                .map(|(c, f)| cast_column(c, f.data_type()))
-                .collect::<Result<Vec<_>, _>>()?;
-            let data = RecordBatch::try_new(schema.clone(), cols)?;
-            let n = data.num_rows();
-            out.push(ChangeBatch::new(data, vec![op; n]));
-        }
-        self.append(entry, out)
-    }
-
-    /// Appends change batches to a table's topic; returns the row count.
-    fn append(&self, entry: &TableEntry, batches: Vec<ChangeBatch>) -> SqlResult<usize> {
-        if self.is_fed(&entry.def.name) {
-            return Err(SqlError::unsupported(format!(
-                "table \"{}\" is fed by its source connector; write to the outside system instead",
-                entry.def.name
-            )));
-        }
-        // The append fsyncs (and on the Kafka backend waits for acknowledgements): tell tokio
-        // this worker blocks, so other sessions keep being served meanwhile.
-        blocking(|| self.append_with(entry, batches, &[]))
-    }
-
-    /// Appends rows to a table's topic, atomically with `positions` (key, value) pairs written
-    /// to the store's meta family (a source connector's offsets or LSN).
-    ///
-    /// Errors: 23502 for NULL in a NOT NULL column; nothing is written then.
-    pub(crate) fn append_with(&self, entry: &TableEntry, batches: Vec<ChangeBatch>, positions: &[(Vec<u8>, Vec<u8>)]) -> SqlResult<usize> {
-        let n: usize = batches.iter().map(|b| b.num_rows()).sum();
-        if n == 0 {
-            if !positions.is_empty() {
-                let mut wb = rocksdb::WriteBatch::default();
-                for (k, v) in positions {
-                    wb.put_cf(self.store.cf(CF_META), k, v);
-                }
-                self.store.write(wb)?;
-            }
-            return Ok(0);
-        }
-        let batches = batches.into_iter().map(|b| entry.def.enforce_lengths(b)).collect::<Result<Vec<_>, _>>()?;
-        let schema = entry.def.physical_schema()?;
-        for b in &batches {
-            for (i, f) in schema.fields().iter().enumerate() {
-                if !f.is_nullable() && b.data.column(i).null_count() > 0 {
-                    return Err(SqlError::new(
-                        "23502",
-                        format!("null value in column \"{}\" of table \"{}\" violates not-null constraint", f.name(), entry.def.name),
-                    ));
-                }
-            }
-        }
-        let topic_batches = batches.iter().map(|b| b.to_topic_batch()).collect::<Result<Vec<_>, _>>()?;
-        let key: Vec<usize> = if entry.def.is_upsert() {
-            entry.def.primary_key.iter().filter_map(|k| schema.index_of(k).ok()).collect()
-        } else {
-            (0..schema.fields().len()).collect()
-        };
-        let writes = partition_batches(&topic_batches, entry.def.partitions, &key)?;
-        let lock = self.writes.lock().unwrap().entry(entry.def.name.clone()).or_default().clone();
-        let _g = lock.lock().unwrap();
-        let store = &self.store;
-        self.log.append(entry.def.topic(), &writes, &mut |wb| {
-            for (k, v) in positions {
-                wb.put_cf(store.cf(CF_META), k, v);
-            }
-            Ok(())
-        })?;
-        Ok(n)
-    }
-
-    /// Writes the rows of a `COPY FROM STDIN`, parsed by [`crate::copy::CopyParser`] into
-    /// batches of `target.schema`, in one append: all of them or none.
-    pub fn copy_in(&self, target: &CopyInTarget, parsed: Vec<RecordBatch>) -> SqlResult<usize> {
-        let entry = self.table(&target.table)?;
-        let physical = entry.def.physical_schema()?;
-        let mut batches = Vec::with_capacity(parsed.len());
-        for p in parsed {
-            let cols: Vec<ArrayRef> = physical
-                .fields()
-                .iter()
-                .map(|f| match target.columns.iter().position(|c| c == f.name()) {
-                    Some(i) => p.column(i).clone(),
-                    None => arrow::array::new_null_array(f.data_type(), p.num_rows()),
-                })
-                .collect();
-            batches.push(ChangeBatch::inserts(RecordBatch::try_new(physical.clone(), cols)?));
-        }
-        self.append(&entry, batches)
-    }
-
-    async fn insert(self: &Arc<Self>, ins: Insert, sql: &str, params: Option<ParamValues>, session: &Session) -> SqlResult<Output> {
-        let TableObject::TableName(tn) = &ins.table else {
-            return Err(SqlError::unsupported("INSERT INTO a table function"));
-        };
-        let name = table_name(tn);
-        let entry = self.table(&name)?;
-        let Some(source) = &ins.source else {
-            return Err(SqlError::unsupported("INSERT without VALUES or SELECT"));
-        };
-        if reads_tables(source) {
-            if params.as_ref().map(|p| !matches!(p, ParamValues::List(l) if l.is_empty())).unwrap_or(false) {
-                return Err(SqlError::unsupported("parameters in a persistent query"));
-            }
-            return self.create_job(ins, sql, session).await;
-        }
-        let out = self.values_batches(&entry, ins, params).await?;
-        let n = self.append(&entry, out)?;
-        Ok(Output::Command { tag: format!("INSERT 0 {n}"), notice: None })
-    }
-
-    /// A large `INSERT ... VALUES` cut into pieces by [`crate::values::split_values`]: each
-    /// piece parsed and converted on its own, all their rows appended in one write.
-    async fn insert_pieces(self: &Arc<Self>, pieces: &[String]) -> SqlResult<Output> {
-        let mut rows = Vec::new();
-        let mut target = None;
-        for piece in pieces {
-            let SluiceStatement::Sql(stmt) = parse_statement(piece)? else {
-                return Err(SqlError::new("XX000", "internal: a piece of an INSERT is not an INSERT"));
-            };
-            let Statement::Insert(ins) = *stmt else {
-                return Err(SqlError::new("XX000", "internal: a piece of an INSERT is not an INSERT"));
-            };
-            let TableObject::TableName(tn) = &ins.table else {
-                return Err(SqlError::unsupported("INSERT INTO a table function"));
-            };
-            let entry = self.table(&table_name(tn))?;
-            rows.extend(self.values_batches(&entry, ins, None).await?);
-            target = Some(entry);
-        }
-        let entry = target.ok_or_else(|| SqlError::new("XX000", "internal: an INSERT without pieces"))?;
-        let n = self.append(&entry, rows)?;
-        Ok(Output::Command { tag: format!("INSERT 0 {n}"), notice: None })
-    }
-
-    /// The rows of an `INSERT ... VALUES` into `entry`, as batches of its physical columns.
-    ///
-    /// Errors: a table that is not topic-backed or has computed columns (0A000), a value that
-    /// does not convert to its column's type.
-    async fn values_batches(&self, entry: &TableEntry, ins: Insert, params: Option<ParamValues>) -> SqlResult<Vec<ChangeBatch>> {
-        if !matches!(entry.connector, TableConnector::Topic { .. }) {
-            return Err(SqlError::unsupported(format!(
-                "INSERT ... VALUES into a {} table",
-                entry.def.connector().unwrap_or("?")
-            )));
-        }
-        if entry.computed.is_some() {
-            return Err(SqlError::unsupported("INSERT ... VALUES into a table with computed columns"));
-        }
-        // Literal rows need no plan (and a large VALUES list would take gigabytes to plan).
-        let mut ins = ins;
-        if let Some(rows) = crate::values::literal_rows(&mut ins, &entry.def.physical_schema()?)? {
-            return Ok(rows);
-        }
-        let plan = self.df_plan(Statement::Insert(ins), params).await?;
-        let LogicalPlan::Dml(dml) = plan else {
-            return Err(SqlError::new("XX000", "internal: INSERT did not plan as DML"));
-        };
-        let batches = self.ctx.execute_logical_plan(dml.input.as_ref().clone()).await?.collect().await?;
-        let schema = entry.def.physical_schema()?;
-        let mut out = Vec::new();
-        for b in batches {
-            let cols = b
-                .columns()
-                .iter()
-                .zip(schema.fields())
-                .map(|(c, f)| cast_column(c, f.data_type()))
-                .collect::<Result<Vec<_>, _>>()?;
-            // Keep the declared nullability out of the batch check; `append` reports NOT NULL.
-            let relaxed = Arc::new(Schema::new(
-                schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
-            ));
-            let data = RecordBatch::try_new(relaxed, cols)?;
-            out.push(ChangeBatch::inserts(data));
-        }
-        Ok(out)
-    }
-
-    async fn plan_job(&self, ins: &Insert) -> SqlResult<sluice_catalog::dataflow::DataflowPlan> {
-        let TableObject::TableName(tn) = &ins.table else {
-            return Err(SqlError::unsupported("INSERT INTO a table function"));
-        };
-        let sink = self.table(&table_name(tn))?;
-        let source = ins.source.clone().ok_or_else(|| SqlError::unsupported("INSERT without a query"))?;
-        let plan = self.df_plan(Statement::Query(source), None).await?;
-        let plan = streaming_logical_plan(&self.ctx, plan)?;
-        let columns: Vec<String> = ins.columns.iter().map(table_name).collect();
-        let tables = self.tables.read().unwrap().clone();
-        Ok(plan_dataflow(&self.ctx, &Lookup(&tables), &plan, &sink.def, &columns)?)
-    }
-
-    /// Starts a persistent query, with the NOT NULL enforcer of its sink's option or else of
-    /// the session ([`NotNullEnforcer::for_sink`]), stored with the job.
-    async fn create_job(self: &Arc<Self>, ins: Insert, sql: &str, session: &Session) -> SqlResult<Output> {
-        let _g = self.ddl.lock().await;
-        let plan = self.plan_job(&ins).await?;
-        let enforcer = NotNullEnforcer::for_sink(&plan.sink.options, session.option(SESSION_OPTION).as_deref())?;
-        if enforcer == NotNullEnforcer::Log {
-            self.ensure_dead_letter_table(&plan.sink.name).await?;
-        }
-        self.prepare_sink(&plan.sink.name)?;
-        let id = new_job_id();
-        let job = JobDef {
-            id: id.clone(),
-            sql: sql.to_string(),
-            sink: plan.sink.name.clone(),
-            sources: plan.root.sources().iter().map(|s| s.table.name.clone()).collect(),
-            state: JobState::Running,
-            error: None,
-            seq: self.store.next_counter("job")?,
-            not_null_enforcer: enforcer,
-        };
-        let nulls = self.null_policy(&job)?;
-        self.store.put_job(&job)?;
-        let plan_sink = plan.sink.name.clone();
-        self.runtime.start_with(&id, plan, nulls)?;
-        self.jobs.write().unwrap().insert(id.clone(), job);
-        let sink = self.table(&plan_sink)?;
-        if matches!(&sink.connector, TableConnector::Topic { external: Some(External::Kafka(_)), .. }) {
-            self.start_table_connector(&sink.def, &sink.connector)?;
-        }
-        tracing::info!(job = %id, "persistent query started");
-        Ok(Output::Command {
-            tag: "INSERT 0 0".into(),
-            notice: Some(format!("persistent query started as job {id} (SHOW JOBS; STOP JOB '{id}')")),
-        })
-    }
-
-    async fn start_job(&self, job: &JobDef) -> SqlResult<()> {
-        let SluiceStatement::Sql(stmt) = parse_statement(&job.sql)? else {
-            return Err(SqlError::new("XX000", "stored job is not an INSERT"));
-        };
-        let Statement::Insert(ins) = *stmt else {
-            return Err(SqlError::new("XX000", "stored job is not an INSERT"));
-        };
-        let plan = self.plan_job(&ins).await?;
-        self.runtime.start_with(&job.id, plan, self.null_policy(job)?)?;
-        Ok(())
-    }
-
-    async fn stop_job(&self, id: &str) -> SqlResult<Output> {
-        let _g = self.ddl.lock().await;
-        let mut job = self
-            .jobs
-            .read()
-            .unwrap()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| SqlError::new("42704", format!("job '{id}' does not exist")))?;
-        let rt = self.runtime.clone();
-        let id2 = id.to_string();
-        tokio::task::spawn_blocking(move || rt.stop(&id2)).await.map_err(|e| SqlError::new("XX000", e.to_string()))?;
-        job.state = JobState::Stopped;
-        self.store.put_job(&job)?;
-        self.jobs.write().unwrap().insert(id.to_string(), job);
-        Ok(Output::Command { tag: "STOP JOB".into(), notice: None })
-    }
-
-    /// `RESUME JOB '<id>' [WITH (...)]`: starts a failed or stopped job again from its last
-    /// complete checkpoint (after the cause of its failure was fixed), re-planned from its SQL,
-    /// so the input of the epoch that failed is processed again. `WITH` changes the job's
-    /// options for good ([`Engine::resume_options`]). A job whose state is refused (another
-    /// plan or state format) fails again with that error.
-    ///
-    /// Errors: 42704 unknown job; 55000 the job is running; 22023 an unknown option or value.
-    async fn resume_job(self: &Arc<Self>, id: &str, options: &BTreeMap<String, String>) -> SqlResult<Output> {
-        let _g = self.ddl.lock().await;
-        let mut job = self
-            .jobs
-            .read()
-            .unwrap()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| SqlError::new("42704", format!("job '{id}' does not exist")))?;
-        if self.runtime.status(id).is_some_and(|s| s.is_running()) {
-            return Err(SqlError::new("55000", format!("job '{id}' is running")));
-        }
-        self.resume_options(&mut job, options).await?;
-        let rt = self.runtime.clone();
-        let id2 = id.to_string();
-        // Joins the ended thread of the job, if any.
-        tokio::task::spawn_blocking(move || rt.stop(&id2)).await.map_err(|e| SqlError::new("XX000", e.to_string()))?;
-        // Stored as running before it starts: when the store refuses the write (a full disk,
-        // 53100) RESUME JOB fails having changed nothing, instead of starting a job that the
-        // catalog still calls stopped or failed.
-        job.state = JobState::Running;
-        job.error = None;
-        self.store.put_job(&job)?;
-        let started = self.start_job(&job).await;
-        if let Err(e) = &started {
-            job.state = JobState::Failed;
-            job.error = Some(e.message.clone());
-            // The start's error is the one reported; if this write fails too, the job is
-            // stored as running and its next start fails it again.
-            if let Err(w) = self.store.put_job(&job) {
-                tracing::warn!(job = %id, error = %w, "cannot store the failed start of a resumed job");
-            }
-        }
-        self.jobs.write().unwrap().insert(id.to_string(), job);
-        started?;
-        tracing::info!(job = %id, "job resumed");
-        Ok(Output::Command { tag: "RESUME JOB".into(), notice: None })
-    }
-
-    fn show_tables(&self) -> SqlResult<Output> {
-        let names: Vec<String> = self.tables.read().unwrap().keys().cloned().collect();
-        let schema = text_schema(&["table_name"]);
-        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(names))])?;
-        Ok(Output::Rows { schema, batches: vec![batch] })
-    }
-
-    /// `SHOW JOBS` as one batch (also the `sluice_jobs` table).
-    pub fn jobs_batch(&self) -> SqlResult<RecordBatch> {
-        match self.show_jobs()? {
-            Output::Rows { mut batches, .. } => Ok(batches.remove(0)),
-            _ => unreachable!("show_jobs returns rows"),
-        }
-    }
-
-    fn show_jobs(&self) -> SqlResult<Output> {
-        let jobs: Vec<JobDef> = {
-            let mut v: Vec<JobDef> = self.jobs.read().unwrap().values().cloned().collect();
-            v.sort_by_key(|j| j.seq);
-            v
-        };
-        let mut ids = Vec::new();
-        let mut states = Vec::new();
-        let mut sinks = Vec::new();
-        let (mut rin, mut rout, mut late, mut nulls, mut ckpt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut errors = Vec::new();
-        let mut sqls = Vec::new();
-        use std::sync::atomic::Ordering::Relaxed;
-        for j in jobs {
-            let st = self.runtime.status(&j.id);
-            ids.push(j.id.clone());
-            // A job that could not start (its state refused at RESUME JOB or at the daemon's
-            // start) is FAILED with that error; a runtime status left from an earlier run of it
-            // tells nothing about it.
-            let state = match (&st, j.state) {
-                (_, JobState::Stopped) => "STOPPED".to_string(),
-                (_, JobState::Failed) => "FAILED".to_string(),
-                (Some(s), _) => s.state().to_string(),
-                (None, s) => s.as_str().to_string(),
-            };
-            states.push(state);
-            sinks.push(j.sink.clone());
-            rin.push(st.as_ref().map(|s| s.rows_in.load(Relaxed)).unwrap_or(0));
-            rout.push(st.as_ref().map(|s| s.rows_out.load(Relaxed)).unwrap_or(0));
-            late.push(st.as_ref().map(|s| s.late_rows.load(Relaxed)).unwrap_or(0));
-            nulls.push(st.as_ref().map(|s| s.null_rows.load(Relaxed)).unwrap_or(0));
-            ckpt.push(st.as_ref().map(|s| s.checkpoints.load(Relaxed)).unwrap_or(0));
-            let run_error = st.as_ref().and_then(|s| s.error.lock().unwrap().clone());
-            errors.push(if j.state == JobState::Failed { j.error.clone().or(run_error) } else { run_error.or(j.error.clone()) });
-            sqls.push(j.sql.clone());
-        }
-        let schema = jobs_schema();
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from(ids)),
-            Arc::new(StringArray::from(states)),
-            Arc::new(StringArray::from(sinks)),
-            Arc::new(UInt64Array::from(rin)),
-            Arc::new(UInt64Array::from(rout)),
-            Arc::new(UInt64Array::from(late)),
-            Arc::new(UInt64Array::from(nulls)),
-            Arc::new(UInt64Array::from(ckpt)),
-            Arc::new(StringArray::from(errors)),
-            Arc::new(StringArray::from(sqls)),
-        ];
-        rows_output(schema, cols)
-    }
-
     fn describe_table(&self, name: &str) -> SqlResult<Output> {
         let t = self.table(name)?;
         let mut names = Vec::new();
@@ -1096,17 +699,8 @@ impl Engine {
     }
 }
 
-/// Casts a column being written to its table column's type. A value that does not convert is
-/// an error (22P02, or 22003 when out of range), never a NULL: arrow's default cast is "safe"
-/// and would store NULL instead.
-pub(crate) fn cast_column(c: &ArrayRef, to: &DataType) -> Result<ArrayRef, arrow::error::ArrowError> {
-    if c.data_type() == to {
-        return Ok(c.clone());
-    }
-    arrow::compute::cast_with_options(c, to, &arrow::compute::CastOptions { safe: false, ..Default::default() })
-}
 
-fn quote_ident(s: &str) -> String {
+pub(crate) fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
@@ -1115,27 +709,11 @@ pub(crate) fn rows_output(schema: SchemaRef, cols: Vec<ArrayRef>) -> SqlResult<O
     Ok(Output::Rows { schema: schema.clone(), batches: vec![RecordBatch::try_new(schema, cols)?] })
 }
 
-fn one_row(cols: &[&str], values: Vec<String>) -> SqlResult<Output> {
+pub(crate) fn one_row(cols: &[&str], values: Vec<String>) -> SqlResult<Output> {
     let arrays: Vec<ArrayRef> = values.into_iter().map(|v| Arc::new(StringArray::from(vec![v])) as ArrayRef).collect();
     rows_output(text_schema(cols), arrays)
 }
 
-/// The columns of `SHOW JOBS` and of the `sluice_jobs` table.
-pub fn jobs_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("job_id", DataType::Utf8, false),
-        Field::new("status", DataType::Utf8, false),
-        Field::new("sink", DataType::Utf8, false),
-        Field::new("rows_in", DataType::UInt64, false),
-        Field::new("rows_out", DataType::UInt64, false),
-        Field::new("late_rows", DataType::UInt64, false),
-        // Output rows with NULL in a NOT NULL column of the sink, dropped or dead-lettered.
-        Field::new("null_rows", DataType::UInt64, false),
-        Field::new("checkpoints", DataType::UInt64, false),
-        Field::new("error", DataType::Utf8, true),
-        Field::new("query", DataType::Utf8, false),
-    ]))
-}
 
 fn describe_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -1183,4 +761,21 @@ pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
         _ => f(),
     }
+}
+
+/// The columns of `SHOW JOBS` and of the `sluice_jobs` table.
+pub fn jobs_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("job_id", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("sink", DataType::Utf8, false),
+        Field::new("rows_in", DataType::UInt64, false),
+        Field::new("rows_out", DataType::UInt64, false),
+        Field::new("late_rows", DataType::UInt64, false),
+        // Output rows with NULL in a NOT NULL column of the sink, dropped or dead-lettered.
+        Field::new("null_rows", DataType::UInt64, false),
+        Field::new("checkpoints", DataType::UInt64, false),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("query", DataType::Utf8, false),
+    ]))
 }

@@ -2,7 +2,8 @@
 //!
 //! - [`config`]: layered configuration (defaults, `sluice.toml`, `SLUICE_*`, flags).
 //! - [`connect`]: connector tasks (Kafka, Postgres CDC, MongoDB) and the connector statements.
-//! - [`engine`]: statement dispatch over the catalog, topics, jobs and DataFusion.
+//! - [`engine`]: statement dispatch over the catalog, topics, jobs and DataFusion; its `impl`
+//!   continues in `dml` (client writes), `jobs` (persistent queries) and `values` (literal rows).
 //! - [`provider`]: tables as DataFusion table providers, for batch queries.
 //! - [`handler`]: the pgwire front end (simple and extended protocols, COPY).
 //! - [`session`]: per-connection state: the `BEGIN` block and what it changed, a COPY in progress,
@@ -17,6 +18,8 @@ pub mod config;
 pub mod connect;
 pub mod copy;
 pub mod engine;
+mod dml;
+mod jobs;
 pub mod errors;
 pub mod handler;
 pub mod params;

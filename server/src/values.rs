@@ -154,7 +154,7 @@ pub(crate) fn literal_rows(ins: &mut Insert, schema: &SchemaRef) -> SqlResult<Op
         let mut cols: Vec<ArrayRef> = schema.fields().iter().map(|f| arrow::array::new_null_array(f.data_type(), n)).collect();
         for (j, &t) in targets.iter().enumerate() {
             let array = literal_column(&chunk, j, kinds[j])?;
-            cols[t] = crate::engine::cast_column(&array, schema.field(t).data_type())?;
+            cols[t] = crate::dml::cast_column(&array, schema.field(t).data_type())?;
         }
         out.push(ChangeBatch::inserts(RecordBatch::try_new(relaxed.clone(), cols)?));
     }
