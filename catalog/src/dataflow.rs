@@ -256,6 +256,10 @@ pub struct DataflowPlan {
     pub sink_exprs: Vec<ExprRef>,
     /// The sink's physical schema.
     pub sink_schema: SchemaRef,
+    /// How long operators keep state for a key they have not written ([`crate::state_ttl`]);
+    /// `None` keeps it forever. Set from the job's options, not by the planner; not part of the
+    /// plan's fingerprint, so a job may change it when resumed.
+    pub state_ttl: Option<std::time::Duration>,
 }
 
 impl fmt::Display for DataflowPlan {

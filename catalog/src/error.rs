@@ -13,9 +13,16 @@ pub enum CatalogError {
     #[error("{0}")]
     InUse(String),
     /// A value does not fit its column's declared length, `VARCHAR(n)` or `CHAR(n)` (SQLSTATE
-    /// 22001, `string_data_right_truncation`); the message is PostgreSQL's.
-    #[error("{0}")]
-    ValueTooLong(String),
+    /// 22001, `string_data_right_truncation`); the message is PostgreSQL's, `value too long for
+    /// type character varying(3) (column "v" of table "t")`.
+    #[error("{message}")]
+    ValueTooLong {
+        /// PostgreSQL's message, naming the column and the table.
+        message: String,
+        /// The row that holds the value, as [`crate::ChangeBatch::to_text`] prints it
+        /// (`+I 1 abcdef`), for errors that name it (a job's).
+        row: String,
+    },
     /// A bad option value (SQLSTATE 22023, `invalid_parameter_value`); the message names the
     /// option.
     #[error("{0}")]

@@ -9,7 +9,12 @@
 //!   families hold the catalog, the embedded topic logs and operator state, so one atomic write
 //!   batch can commit a checkpoint across all three.
 //! - [`enforcer`]: what a job does with NULL in a NOT NULL column of its sink (Flink's
-//!   `table.exec.sink.not-null-enforcer`).
+//!   `table.exec.sink.not-null-enforcer`) and with a string that does not fit its sink column's
+//!   `VARCHAR(n)`/`CHAR(n)` (Flink's `table.exec.sink.type-length-enforcer`).
+//! - [`lengths`]: declared string lengths applied to rows being written: PostgreSQL's 22001
+//!   rule and `CHAR(n)` blank-padding for client writes, the length enforcer for jobs' output.
+//! - [`state_ttl`]: how long a job keeps state for keys it no longer sees (Flink's
+//!   `table.exec.state.ttl`).
 //! - [`failpoint`]: crash injection at commit boundaries (the `fail` crate).
 //! - [`error`]: the crate's error type.
 
@@ -18,11 +23,13 @@ pub mod dataflow;
 pub mod enforcer;
 pub mod error;
 pub mod failpoint;
+pub mod lengths;
+pub mod state_ttl;
 pub mod store;
 pub mod table;
 
 pub use change::{ChangeBatch, Op, OP_COLUMN};
-pub use enforcer::NotNullEnforcer;
+pub use enforcer::{NotNullEnforcer, TypeLengthEnforcer};
 pub use error::{CatalogError, Result};
 pub use store::Store;
 pub use table::{redact_options, redact_text, ColumnDef, ConnectorDef, JobDef, JobState, TableDef, WatermarkDef};

@@ -7,12 +7,10 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
-use crate::change::ChangeBatch;
-use crate::enforcer::NotNullEnforcer;
+use crate::enforcer::{NotNullEnforcer, TypeLengthEnforcer};
 use crate::error::{CatalogError, Result};
 
 /// One column of a table.
@@ -52,11 +50,19 @@ impl ColumnDef {
         rest.strip_suffix(')')?.trim().parse().ok()
     }
 
+    /// True for a `CHAR(n)` (`CHARACTER(n)`) column: fixed-length, its values blank-padded to
+    /// n characters when written, as PostgreSQL stores `character(n)` (see
+    /// [`crate::lengths`]). False for `VARCHAR(n)` and for `CHAR` without a length, which has
+    /// no limit here.
+    pub fn is_blank_padded(&self) -> bool {
+        let name = self.sql_type.split('(').next().unwrap_or("").trim().to_uppercase();
+        (name == "CHAR" || name == "CHARACTER") && self.max_chars().is_some()
+    }
+
     /// PostgreSQL's name of a length-limited character type, as its errors print it:
     /// `character varying(3)`, `character(3)`.
-    fn character_type_name(&self, n: usize) -> String {
-        let name = self.sql_type.split('(').next().unwrap_or("").trim().to_uppercase();
-        if name == "CHAR" || name == "CHARACTER" {
+    pub(crate) fn character_type_name(&self, n: usize) -> String {
+        if self.is_blank_padded() {
             format!("character({n})")
         } else {
             format!("character varying({n})")
@@ -140,59 +146,6 @@ impl TableDef {
         self.columns.iter().position(|c| c.name == name)
     }
 
-    /// Applies the declared lengths of the `VARCHAR(n)` and `CHAR(n)` columns (see
-    /// [`ColumnDef::max_chars`]) to rows about to be written; `batch` is in the physical schema.
-    /// As in PostgreSQL, a value longer than n characters is an error unless the excess is all
-    /// spaces, which are cut off. Retractions (`-D`, `-U`) are not checked: they name rows that
-    /// are already stored.
-    ///
-    /// Errors: [`CatalogError::ValueTooLong`] (SQLSTATE 22001 at the server), and nothing of the
-    /// batch should be written then.
-    pub fn enforce_lengths(&self, batch: ChangeBatch) -> Result<ChangeBatch> {
-        let physical = self.columns.iter().filter(|c| c.computed.is_none());
-        let mut replaced: Option<Vec<ArrayRef>> = None;
-        for (i, c) in physical.enumerate() {
-            let Some(n) = c.max_chars() else { continue };
-            let Some(values) = batch.data.columns().get(i).and_then(|a| a.as_string_opt::<i32>()) else {
-                continue;
-            };
-            // A value of at most n bytes has at most n characters: the common case.
-            if values.value_data().len() <= n {
-                continue;
-            }
-            // The byte length each inserted value is cut to, when only spaces follow it.
-            let mut cuts: Vec<Option<usize>> = vec![None; values.len()];
-            let mut any_cut = false;
-            for (r, v) in values.iter().enumerate() {
-                let Some(s) = v.filter(|s| s.len() > n && batch.ops[r].is_insertion()) else { continue };
-                if let Some((end, _)) = s.char_indices().nth(n) {
-                    if s.as_bytes()[end..].iter().any(|b| *b != b' ') {
-                        return Err(CatalogError::ValueTooLong(format!(
-                            "value too long for type {} (column \"{}\" of table \"{}\")",
-                            c.character_type_name(n),
-                            c.name,
-                            self.name
-                        )));
-                    }
-                    cuts[r] = Some(end);
-                    any_cut = true;
-                }
-            }
-            if any_cut {
-                let cut: StringArray = values
-                    .iter()
-                    .zip(&cuts)
-                    .map(|(v, cut)| v.map(|s| cut.map_or(s, |end| &s[..end])))
-                    .collect();
-                replaced.get_or_insert_with(|| batch.data.columns().to_vec())[i] = Arc::new(cut);
-            }
-        }
-        match replaced {
-            None => Ok(batch),
-            Some(columns) => batch.with_columns(batch.schema(), columns),
-        }
-    }
-
     /// The value of the `connector` option, if the table has one (`datagen`, `blackhole`, ...).
     pub fn connector(&self) -> Option<&str> {
         self.options.get("connector").map(|s| s.as_str())
@@ -243,6 +196,19 @@ pub struct JobDef {
     /// `ERROR` for jobs stored before the field existed, which is how they behaved.
     #[serde(default)]
     pub not_null_enforcer: NotNullEnforcer,
+    /// What the job does with a value longer than its sink column's `VARCHAR(n)`/`CHAR(n)`,
+    /// and with a `CHAR(n)` value shorter than n: chosen at creation
+    /// ([`TypeLengthEnforcer::for_sink`], `ERROR` unless set) or by `RESUME JOB ... WITH
+    /// (...)`. `IGNORE` for jobs stored before the field existed, which is how they behaved
+    /// ([`TypeLengthEnforcer::stored_before_enforcer`]).
+    #[serde(default = "TypeLengthEnforcer::stored_before_enforcer")]
+    pub type_length_enforcer: TypeLengthEnforcer,
+    /// How long its joins and non-windowed aggregates keep state for a key they have not
+    /// written, in ms ([`crate::state_ttl`]; `None`: forever, also for jobs stored before the
+    /// field existed), chosen at creation ([`crate::state_ttl::ttl_for_sink`]) or by `RESUME
+    /// JOB ... WITH (...)`.
+    #[serde(default)]
+    pub state_ttl_ms: Option<u64>,
 }
 
 /// A connector created with `CREATE SOURCE CONNECTOR` / `CREATE SINK CONNECTOR` (ksqlDB's
@@ -314,47 +280,22 @@ pub fn redact_text(text: &str, options: &BTreeMap<String, String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::change::Op;
-    use arrow::array::RecordBatch;
 
-    fn table() -> TableDef {
-        let col = |name: &str, sql_type: &str| ColumnDef {
-            name: name.into(),
-            data_type: DataType::Utf8.to_string(),
-            nullable: true,
-            computed: None,
-            sql_type: sql_type.into(),
-        };
-        TableDef {
-            name: "t".into(),
-            columns: vec![col("v", "VARCHAR(3)"), col("c", "CHARACTER(2)"), col("s", "STRING")],
-            primary_key: vec![],
-            watermark: None,
-            options: BTreeMap::new(),
-            create_sql: String::new(),
-            partitions: 1,
-        }
-    }
-
-    fn batch(v: &str, c: &str, op: Op) -> ChangeBatch {
-        let t = table();
-        let cols: Vec<ArrayRef> = [v, c, "long enough"].iter().map(|s| Arc::new(StringArray::from(vec![*s])) as ArrayRef).collect();
-        ChangeBatch::new(RecordBatch::try_new(t.physical_schema().unwrap(), cols).unwrap(), vec![op])
+    #[test]
+    fn jobs_stored_before_the_length_enforcer_ignore_lengths() {
+        let old = r#"{"id":"j1","sql":"INSERT INTO d SELECT * FROM s","sink":"d","sources":["s"],"state":"Running","error":null,"seq":1}"#;
+        let job: JobDef = serde_json::from_str(old).unwrap();
+        assert_eq!((job.not_null_enforcer, job.type_length_enforcer), (NotNullEnforcer::Error, TypeLengthEnforcer::Ignore));
+        let again: JobDef = serde_json::from_str(&serde_json::to_string(&JobDef { type_length_enforcer: TypeLengthEnforcer::TrimPad, ..job }).unwrap()).unwrap();
+        assert_eq!(again.type_length_enforcer, TypeLengthEnforcer::TrimPad);
     }
 
     #[test]
-    fn declared_lengths_as_postgres() {
-        let t = table();
-        assert_eq!(t.columns[0].max_chars(), Some(3));
-        assert_eq!(t.columns[2].max_chars(), None);
-        assert_eq!(t.enforce_lengths(batch("äbc", "ab", Op::Insert)).unwrap().to_text(), "+I äbc ab long enough\n");
-        let e = t.enforce_lengths(batch("abcdef", "ab", Op::Insert)).unwrap_err();
-        assert!(e.to_string().starts_with("value too long for type character varying(3)"), "{e}");
-        let e = t.enforce_lengths(batch("a", "abc", Op::UpdateAfter)).unwrap_err();
-        assert!(e.to_string().starts_with("value too long for type character(2)"), "{e}");
-        // Trailing spaces beyond the length are cut, as PostgreSQL does.
-        assert_eq!(t.enforce_lengths(batch("ab    ", "x", Op::Insert)).unwrap().to_text(), "+I ab  x long enough\n");
-        // A retraction names a stored row: not checked.
-        assert!(t.enforce_lengths(batch("abcdef", "ab", Op::Delete)).is_ok());
+    fn blank_padded_types() {
+        let col = |sql_type: &str| ColumnDef { name: "c".into(), data_type: "Utf8".into(), nullable: true, computed: None, sql_type: sql_type.into() };
+        assert!(col("CHAR(2)").is_blank_padded() && col("character(2)").is_blank_padded());
+        assert!(!col("CHAR").is_blank_padded() && !col("VARCHAR(2)").is_blank_padded() && !col("CHARACTER VARYING(2)").is_blank_padded());
+        assert_eq!(col("CHARACTER VARYING(4)").character_type_name(4), "character varying(4)");
+        assert_eq!(col("CHAR(4)").character_type_name(4), "character(4)");
     }
 }

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use std::collections::BTreeSet;
 
-use sluice_catalog::enforcer::{NotNullEnforcer, TABLE_OPTION as TABLE_NOT_NULL_ENFORCER};
+use sluice_catalog::enforcer::{
+    NotNullEnforcer, TypeLengthEnforcer, LENGTH_TABLE_OPTION as TABLE_LENGTH_ENFORCER, TABLE_OPTION as TABLE_NOT_NULL_ENFORCER,
+};
 
 use crate::cdc::PostgresCdcOptions;
 use crate::datagen::DatagenOptions;
@@ -185,6 +187,21 @@ pub fn parse_table_options(options: &BTreeMap<String, String>) -> Result<TableCo
         rest.remove(TABLE_NOT_NULL_ENFORCER);
         return parse_table_options(&rest);
     }
+    if let Some(v) = options.get(TABLE_LENGTH_ENFORCER) {
+        // Any sink may carry it; the job reads it (see `TypeLengthEnforcer::for_sink`).
+        TypeLengthEnforcer::parse(TABLE_LENGTH_ENFORCER, v).map_err(|e| ConnectorError::InvalidOption(e.to_string()))?;
+        let mut rest = options.clone();
+        rest.remove(TABLE_LENGTH_ENFORCER);
+        return parse_table_options(&rest);
+    }
+    if let Some(v) = options.get(sluice_catalog::state_ttl::TABLE_OPTION) {
+        // Any sink may carry it; the job reads it (see `ttl_for_sink`).
+        let key = sluice_catalog::state_ttl::TABLE_OPTION;
+        sluice_catalog::state_ttl::parse_ttl(key, v).map_err(|e| ConnectorError::InvalidOption(e.to_string()))?;
+        let mut rest = options.clone();
+        rest.remove(key);
+        return parse_table_options(&rest);
+    }
     if options.contains_key(WATERMARK_IDLE_TIMEOUT) {
         // Any source may carry it; the job reads it (see `watermark_idle_timeout`).
         watermark_idle_timeout(options)?;
@@ -268,11 +285,15 @@ pub fn redact_sql(sql: &str) -> String {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn any_table_takes_the_sink_not_null_enforcer() {
+    fn any_table_takes_the_sink_enforcers() {
         let opts = |v: &str| [("sink.not-null-enforcer".to_string(), v.to_string())].into_iter().collect();
         assert!(matches!(super::parse_table_options(&opts("drop")), Ok(super::TableConnector::Topic { .. })));
         let e = super::parse_table_options(&opts("maybe")).unwrap_err().to_string();
         assert!(e.contains("'sink.not-null-enforcer'") && e.contains("'maybe'"), "{e}");
+        let opts = |v: &str| [("sink.type-length-enforcer".to_string(), v.to_string())].into_iter().collect();
+        assert!(matches!(super::parse_table_options(&opts("trim_pad")), Ok(super::TableConnector::Topic { .. })));
+        let e = super::parse_table_options(&opts("cut")).unwrap_err().to_string();
+        assert!(e.contains("'sink.type-length-enforcer'") && e.contains("'cut'"), "{e}");
     }
 
     #[test]

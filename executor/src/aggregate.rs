@@ -9,8 +9,13 @@
 //! before and after a batch are built as columns for the touched groups only, compared with
 //! `IS DISTINCT FROM` semantics, and interleaved into the output.
 //!
-//! An emptied group keeps its id (a group table cannot forget a key) with empty accumulators,
-//! and comes back as `+I` if rows for it arrive again.
+//! An emptied group keeps its id with empty accumulators, and comes back as `+I` if rows for
+//! it arrive again. Once emptied groups are at least 1 024 and half the table, a checkpoint
+//! rebuilds the table without them and writes a snapshot, so keys that come and go do not
+//! accumulate. With a state TTL (Flink's `table.exec.state.ttl`, processing time), every
+//! checkpoint first empties the groups not written for the TTL, without emitting anything, as
+//! Flink expires state: their next row starts them again as `+I`. When each group was last
+//! written is checkpointed with it, so the TTL counts across restarts.
 //!
 //! Checkpoints are incremental, as for windows: the keys of groups created during the epoch
 //! (Arrow IPC, in id order) and the accumulators of the groups changed.
@@ -32,7 +37,7 @@ use crate::error::{ExecError, Result};
 use crate::groups::{put_bytes, GroupTable, Reader};
 use crate::operator::Operator;
 use crate::rows::{converter, eval, expr_types};
-use crate::state::{DeltaLog, StateReader, StateWriter};
+use crate::state::{processing_time_ms, worth_rebuilding, DeltaLog, StateReader, StateWriter};
 
 /// How one aggregate reads its argument.
 pub(crate) struct AggSpec {
@@ -96,6 +101,18 @@ pub(crate) fn eval_args(specs: &[AggSpec], batch: &RecordBatch) -> Result<Vec<Op
         .collect()
 }
 
+/// Entry 2 of the checkpoint: when the `n` groups `gids` were last written; nothing without a
+/// TTL.
+fn encode_access(t: &GroupTable, gids: impl Iterator<Item = usize>, n: usize, buf: &mut Vec<u8>) {
+    let Some(access) = &t.last_access else { return };
+    buf.push(2);
+    buf.extend_from_slice(&(n as u32).to_le_bytes());
+    for g in gids {
+        buf.extend_from_slice(&(g as u32).to_le_bytes());
+        buf.extend_from_slice(&access[g].to_le_bytes());
+    }
+}
+
 /// See the module docs.
 pub struct AggregateOp {
     group_exprs: Vec<ExprRef>,
@@ -110,22 +127,34 @@ pub struct AggregateOp {
     /// Per group, the last batch that touched it (`batch_no`), to list touched groups once.
     touched_in: Vec<u64>,
     batch_no: u64,
+    /// Groups with no rows, still in the table.
+    empty: usize,
+    /// The state TTL in ms, if any.
+    ttl_ms: Option<i64>,
 }
 
 impl AggregateOp {
     /// Builds the operator over an input with schema `input`, producing `schema` (group columns
-    /// then one column per aggregate).
+    /// then one column per aggregate), keeping a group's state for `ttl` after it was last
+    /// written (forever for `None`).
     ///
     /// Errors: an aggregate without the argument it needs, or group types DataFusion cannot
     /// group by.
-    pub fn try_new(input: SchemaRef, group_exprs: Vec<ExprRef>, aggs: &[AggCall], schema: SchemaRef) -> Result<AggregateOp> {
+    pub fn try_new(
+        input: SchemaRef,
+        group_exprs: Vec<ExprRef>,
+        aggs: &[AggCall],
+        schema: SchemaRef,
+        ttl: Option<std::time::Duration>,
+    ) -> Result<AggregateOp> {
         let types = expr_types(&group_exprs, &input)?;
         let key_schema = Arc::new(Schema::new(
             types.iter().enumerate().map(|(i, t)| Field::new(format!("g{i}"), t.clone(), true)).collect::<Vec<_>>(),
         ));
         let aggs = agg_specs(&input, group_exprs.len(), aggs, &schema)?;
+        let table = GroupTable::new(&key_schema, &aggs)?;
         Ok(AggregateOp {
-            table: GroupTable::new(&key_schema, &aggs)?,
+            table: if ttl.is_some() { table.track_access() } else { table },
             group_exprs,
             key_schema,
             aggs,
@@ -134,7 +163,30 @@ impl AggregateOp {
             gids: Vec::new(),
             touched_in: Vec::new(),
             batch_no: 0,
+            empty: 0,
+            ttl_ms: ttl.map(|d| d.as_millis() as i64),
         })
+    }
+
+    /// Empties the groups not written for the TTL, then rebuilds the table without its empty
+    /// groups when they are many; true when it rebuilt (the next checkpoint is a snapshot).
+    fn expire_and_drop_empty(&mut self, now: i64) -> Result<bool> {
+        let t = &mut self.table;
+        if let (Some(ttl), Some(access)) = (self.ttl_ms, &t.last_access) {
+            let expired: Vec<usize> = (0..t.len()).filter(|g| t.rows[*g] != 0 && access[*g] + ttl <= now).collect();
+            self.empty += expired.len();
+            for g in expired {
+                t.clear_group(g);
+            }
+        }
+        if !worth_rebuilding(self.empty, t.len()) {
+            return Ok(false);
+        }
+        let keep: Vec<bool> = t.rows.iter().map(|r| *r != 0).collect();
+        t.retain(&self.key_schema, &keep)?;
+        self.touched_in.clear();
+        self.empty = 0;
+        Ok(true)
     }
 }
 
@@ -146,6 +198,7 @@ impl Operator for AggregateOp {
         let keys = eval(&self.group_exprs, &batch.data)?;
         let args = eval_args(&self.aggs, &batch.data)?;
         let weights: Option<Vec<i64>> = (!batch.is_append_only()).then(|| batch.ops.iter().map(|o| o.weight()).collect());
+        let existing = self.table.len();
         self.table.intern(&self.key_schema, &keys, &mut self.gids, true)?;
         // The touched groups, each once, in order of first appearance, with that row.
         self.batch_no += 1;
@@ -163,6 +216,19 @@ impl Operator for AggregateOp {
         let before = self.table.agg_columns(&self.aggs, Some(&touched))?;
         self.table.update(&self.aggs, &self.gids, &args, weights.as_deref())?;
         let after = self.table.agg_columns(&self.aggs, Some(&touched))?;
+        if self.ttl_ms.is_some() {
+            self.table.touch(&touched, processing_time_ms());
+        }
+        for (t, g) in touched.iter().enumerate() {
+            // An existing group with no rows was counted as empty.
+            let was_empty = *g < existing && rows_before[t] == 0;
+            let is_empty = self.table.rows[*g] == 0;
+            match (was_empty, is_empty) {
+                (false, true) => self.empty += 1,
+                (true, false) => self.empty -= 1,
+                _ => {}
+            }
+        }
         let mut changed: Option<BooleanArray> = None;
         for (b, a) in before.iter().zip(&after) {
             let d = distinct(b, a)?;
@@ -209,7 +275,11 @@ impl Operator for AggregateOp {
     }
 
     fn checkpoint(&mut self, w: &mut StateWriter<'_>) -> Result<()> {
-        // Entries: 0 = append group keys (IPC); 1 = set the accumulators of listed groups.
+        // Entries: 0 = append group keys (IPC); 1 = set the accumulators of listed groups;
+        // 2 = when listed groups were last written (with a TTL).
+        if self.expire_and_drop_empty(processing_time_ms())? {
+            self.log.snapshot_next();
+        }
         let t = &mut self.table;
         let mut delta = Vec::new();
         if !t.new_keys.is_empty() {
@@ -220,13 +290,15 @@ impl Operator for AggregateOp {
             put_bytes(&mut delta, &encode_batch(&keys)?);
         }
         if !t.dirty.is_empty() {
+            let dirty = std::mem::take(&mut t.dirty);
             delta.push(1);
-            delta.extend_from_slice(&(t.dirty.len() as u32).to_le_bytes());
-            for g in std::mem::take(&mut t.dirty) {
-                t.is_dirty[g as usize] = false;
+            delta.extend_from_slice(&(dirty.len() as u32).to_le_bytes());
+            for g in &dirty {
+                t.is_dirty[*g as usize] = false;
                 delta.extend_from_slice(&g.to_le_bytes());
-                t.encode_group(g as usize, &mut delta);
+                t.encode_group(*g as usize, &mut delta);
             }
+            encode_access(t, dirty.iter().map(|g| *g as usize), dirty.len(), &mut delta);
         }
         let key_schema = &self.key_schema;
         let mut snap_err = None;
@@ -243,6 +315,7 @@ impl Operator for AggregateOp {
                     buf.extend_from_slice(&(g as u32).to_le_bytes());
                     t.encode_group(g, buf);
                 }
+                encode_access(t, 0..t.len(), t.len(), buf);
                 Ok(())
             })();
             snap_err = res.err();
@@ -252,6 +325,8 @@ impl Operator for AggregateOp {
 
     fn restore(&mut self, r: &StateReader<'_>) -> Result<()> {
         let AggregateOp { table, key_schema, log, gids, .. } = self;
+        // Groups stored without a time (state written without a TTL) count from now.
+        let now = processing_time_ms();
         log.restore(r, |v| {
             let mut rd = Reader { b: v, pos: 0 };
             while rd.pos < v.len() {
@@ -269,13 +344,43 @@ impl Operator for AggregateOp {
                                 return Err(ExecError::CorruptState("aggregate group id".into()));
                             }
                             table.decode_group(g, &mut rd)?;
+                            if let Some(t) = &mut table.last_access {
+                                t[g] = now;
+                            }
+                        }
+                    }
+                    2 => {
+                        let count = rd.u32()?;
+                        for _ in 0..count {
+                            let g = rd.u32()? as usize;
+                            let at = rd.i64()?;
+                            if g >= table.len() {
+                                return Err(ExecError::CorruptState("aggregate group id".into()));
+                            }
+                            if let Some(t) = &mut table.last_access {
+                                t[g] = at;
+                            }
                         }
                     }
                     t => return Err(ExecError::CorruptState(format!("aggregate state entry {t}"))),
                 }
             }
             Ok(())
-        })
+        })?;
+        if let Some(t) = &mut self.table.last_access {
+            t.iter_mut().filter(|at| **at == 0).for_each(|at| *at = now);
+        }
+        self.empty = self.table.rows.iter().filter(|r| **r == 0).count();
+        Ok(())
+    }
+
+    /// Groups with rows: emptied and expired groups the table still holds are not counted.
+    fn state_rows(&self) -> u64 {
+        (self.table.len() - self.empty) as u64
+    }
+
+    fn state_bytes(&self) -> u64 {
+        self.log.stored_bytes()
     }
 
     fn name(&self) -> &'static str {
@@ -305,7 +410,7 @@ mod tests {
         ]));
         let col = |n: &str, i: usize| -> ExprRef { Arc::new(Column::new(n, i)) };
         let aggs = vec![AggCall { kind: AggKind::Max, arg: Some(col("v", 1)) }, AggCall { kind: AggKind::Sum, arg: Some(col("v", 1)) }];
-        AggregateOp::try_new(input(), vec![col("k", 0)], &aggs, out).unwrap()
+        AggregateOp::try_new(input(), vec![col("k", 0)], &aggs, out, None).unwrap()
     }
 
     fn batch(k: &[Option<&str>], v: &[i64], ops: &[Op]) -> ChangeBatch {
@@ -319,6 +424,92 @@ mod tests {
 
     fn text(out: Vec<ChangeBatch>) -> String {
         out.iter().map(|b| b.to_text()).collect()
+    }
+
+    fn op_ttl(ttl: Option<std::time::Duration>) -> AggregateOp {
+        let out = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, true), Field::new("n", DataType::Int64, true)]));
+        let aggs = vec![AggCall { kind: AggKind::Count, arg: None }];
+        AggregateOp::try_new(input(), vec![Arc::new(Column::new("k", 0))], &aggs, out, ttl).unwrap()
+    }
+
+    fn keys(range: std::ops::Range<usize>) -> Vec<String> {
+        range.map(|i| format!("k{i}")).collect()
+    }
+
+    fn rows_of(ks: &[String], op: Op) -> ChangeBatch {
+        let k: Vec<Option<&str>> = ks.iter().map(|s| Some(s.as_str())).collect();
+        batch(&k, &vec![0; ks.len()], &vec![op; ks.len()])
+    }
+
+    fn checkpoint_into(a: &mut AggregateOp, store: &Store, job: &str) {
+        let mut wb = WriteBatch::default();
+        a.checkpoint(&mut StateWriter::new(store, &mut wb, operator_prefix(job, 0))).unwrap();
+        store.write(wb).unwrap();
+    }
+
+    #[test]
+    fn emptied_groups_are_dropped_and_come_back_as_new() {
+        let dir = std::env::temp_dir().join(format!("sluice-agg-empty-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        let mut a = op_ttl(None);
+        a.process(0, rows_of(&keys(0..3000), Op::Insert)).unwrap();
+        checkpoint_into(&mut a, &store, "e");
+        // 2 000 of the 3 000 groups emptied: at the next checkpoint the table forgets them.
+        a.process(0, rows_of(&keys(0..2000), Op::Delete)).unwrap();
+        assert_eq!((a.table.len(), a.empty), (3000, 2000));
+        checkpoint_into(&mut a, &store, "e");
+        assert_eq!((a.table.len(), a.empty), (1000, 0));
+        let mut b = op_ttl(None);
+        b.restore(&StateReader::new(&store, operator_prefix("e", 0))).unwrap();
+        assert_eq!(b.table.len(), 1000);
+        for x in [&mut a, &mut b] {
+            // A forgotten group starts again; a kept one continues.
+            assert_eq!(text(x.process(0, rows_of(&keys(1999..2001), Op::Insert)).unwrap()), "+I k1999 1
+-U k2000 1
++U k2000 2
+");
+        }
+        // Fewer than 1 024 empty groups are kept.
+        a.process(0, rows_of(&keys(2001..2100), Op::Delete)).unwrap();
+        checkpoint_into(&mut a, &store, "e");
+        assert_eq!((a.table.len(), a.empty), (1001, 99));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn groups_not_written_for_the_ttl_expire_silently_and_across_restores() {
+        let dir = std::env::temp_dir().join(format!("sluice-agg-ttl-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        let ttl = Some(std::time::Duration::from_secs(3600));
+        let mut a = op_ttl(ttl);
+        a.process(0, rows_of(&keys(0..2), Op::Insert)).unwrap();
+        a.process(0, rows_of(&keys(0..2), Op::Insert)).unwrap();
+        checkpoint_into(&mut a, &store, "t");
+        // k0 was last written more than an hour ago: the next checkpoint expires it.
+        let now = processing_time_ms();
+        a.table.last_access.as_mut().unwrap()[0] = now - 3_600_001;
+        checkpoint_into(&mut a, &store, "t");
+        assert_eq!((a.table.rows[0], a.table.rows[1], a.empty), (0, 2, 1));
+        let mut b = op_ttl(ttl);
+        b.restore(&StateReader::new(&store, operator_prefix("t", 0))).unwrap();
+        // The time k1 was written was restored, not reset to the restore's time.
+        assert_eq!(b.table.last_access.as_ref().unwrap()[1], a.table.last_access.as_ref().unwrap()[1]);
+        for x in [&mut a, &mut b] {
+            assert_eq!(text(x.process(0, rows_of(&keys(0..2), Op::Insert)).unwrap()), "+I k0 1
+-U k1 2
++U k1 3
+");
+        }
+        // State written without a TTL, restored with one, counts from the restore.
+        let mut c = op_ttl(None);
+        c.process(0, rows_of(&keys(0..1), Op::Insert)).unwrap();
+        checkpoint_into(&mut c, &store, "n");
+        let mut d = op_ttl(ttl);
+        d.restore(&StateReader::new(&store, operator_prefix("n", 0))).unwrap();
+        assert!(d.table.last_access.as_ref().unwrap()[0] >= now);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -344,7 +535,7 @@ mod tests {
         };
         commit(&mut a);
         a.process(0, batch(&[Some("z")], &[3], &[Insert])).unwrap();
-        a.log.force_snapshot();
+        a.log.snapshot_next();
         commit(&mut a);
         a.process(0, batch(&[Some("x")], &[9], &[Insert])).unwrap();
         commit(&mut a);

@@ -41,6 +41,11 @@ pub enum ExecError {
     /// Nothing of the epoch that produced the row commits.
     #[error("{0} (SQLSTATE 23502)")]
     NotNull(String),
+    /// A job's output row has a value longer than its sink column's `VARCHAR(n)`/`CHAR(n)` and
+    /// the job's length enforcer is `ERROR` (SQLSTATE 22001 at the server; the text without
+    /// the code is in the field). Nothing of the epoch that produced the row commits.
+    #[error("{0} (SQLSTATE 22001)")]
+    ValueTooLong(String),
     /// `FLUSH` timed out (SQLSTATE 57014 at the server); the message names the jobs behind.
     #[error("{0}")]
     FlushTimeout(String),

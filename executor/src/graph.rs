@@ -54,13 +54,23 @@ pub struct Graph {
     source_nodes: Vec<usize>,
     /// Per source id: computed columns and watermark measurement.
     source_rows: Vec<SourceOp>,
+    /// The state TTL of joins and non-windowed aggregates.
+    state_ttl: Option<std::time::Duration>,
 }
 
 impl Graph {
-    /// Builds the operators of `root`. `late_rows` counts rows dropped behind the watermark.
-    pub fn build(root: &Node, late_rows: Arc<AtomicU64>) -> Result<Graph> {
+    /// Builds the operators of `root`. `late_rows` counts rows dropped behind the watermark;
+    /// joins and non-windowed aggregates keep state for a key for `state_ttl` after it was
+    /// last written (forever for `None`; see [`sluice_catalog::state_ttl`]).
+    pub fn build(root: &Node, late_rows: Arc<AtomicU64>, state_ttl: Option<std::time::Duration>) -> Result<Graph> {
         let n_sources = root.sources().len();
-        let mut g = Graph { nodes: Vec::new(), shape: Vec::new(), source_nodes: vec![0; n_sources], source_rows: Vec::new() };
+        let mut g = Graph {
+            nodes: Vec::new(),
+            shape: Vec::new(),
+            source_nodes: vec![0; n_sources],
+            source_rows: Vec::new(),
+            state_ttl,
+        };
         let mut rows: Vec<Option<SourceOp>> = (0..n_sources).map(|_| None).collect();
         g.add(root, &late_rows, &mut rows)?;
         g.source_rows = rows.into_iter().map(|r| r.expect("every source id is built")).collect();
@@ -103,6 +113,7 @@ impl Graph {
                     *left_outer,
                     *right_outer,
                     schema.clone(),
+                    self.state_ttl,
                 )?;
                 (Box::new(op), vec![l, r])
             }
@@ -120,7 +131,7 @@ impl Graph {
             }
             Node::Aggregate { input, group_exprs, aggs, window: None, schema } => {
                 let c = self.add(input, late, rows)?;
-                let op = AggregateOp::try_new(input.schema(), group_exprs.clone(), aggs, schema.clone())?;
+                let op = AggregateOp::try_new(input.schema(), group_exprs.clone(), aggs, schema.clone(), self.state_ttl)?;
                 (Box::new(op), vec![c])
             }
             Node::Union { inputs, schema } => {
@@ -221,6 +232,21 @@ impl Graph {
             }
         }
         Ok(out)
+    }
+
+    /// Entries kept in the state of every operator (join rows, groups).
+    pub fn state_rows(&self) -> u64 {
+        self.nodes.iter().map(|n| n.op.state_rows()).sum()
+    }
+
+    /// Bytes of every operator's state in the store.
+    pub fn state_bytes(&self) -> u64 {
+        self.nodes.iter().map(|n| n.op.state_bytes()).sum()
+    }
+
+    /// The state TTL the graph was built with.
+    pub fn state_ttl(&self) -> Option<std::time::Duration> {
+        self.state_ttl
     }
 
     /// Writes every operator's changed state into `batch`.

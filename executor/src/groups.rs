@@ -9,6 +9,10 @@
 //! checks that every group gets back the id it was stored under, and fails (rather than
 //! attaching accumulators to the wrong groups) when the `GroupValues` implementation hands
 //! them out in another order.
+//!
+//! A `GroupValues` cannot forget a key, so a group whose rows were all retracted (or whose
+//! state expired, [`crate::ttl`]) stays as an empty group until [`GroupTable::retain`] rebuilds
+//! the table with the live groups only, giving them new dense ids.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -142,6 +146,26 @@ impl AccCol {
         }
     }
 
+    /// Keeps the accumulators of the groups `picks` (old ids, ascending), which become ids
+    /// `0..picks.len()`.
+    fn select(&mut self, picks: &[usize]) {
+        fn pick<T: Clone>(v: &[T], picks: &[usize]) -> Vec<T> {
+            picks.iter().map(|g| v[*g].clone()).collect()
+        }
+        match self {
+            AccCol::Count(c) => *c = pick(c, picks),
+            AccCol::Float { sum, n } => {
+                *sum = pick(sum, picks);
+                *n = pick(n, picks);
+            }
+            AccCol::Int { sum, n } => {
+                *sum = pick(sum, picks);
+                *n = pick(n, picks);
+            }
+            AccCol::Values(v) => *v = picks.iter().map(|g| std::mem::take(&mut v[*g])).collect(),
+        }
+    }
+
     fn resize(&mut self, len: usize) {
         match self {
             AccCol::Count(c) => c.resize(len, 0),
@@ -245,6 +269,9 @@ pub(crate) struct GroupTable {
     pub(crate) is_dirty: Vec<bool>,
     /// Key columns of the groups created since the last checkpoint, in id order.
     pub(crate) new_keys: Vec<RecordBatch>,
+    /// With a state TTL: when each group was last written, in ms since the Unix epoch
+    /// (processing time, as Flink's state TTL); `None` without one.
+    pub(crate) last_access: Option<Vec<i64>>,
 }
 
 impl GroupTable {
@@ -256,7 +283,65 @@ impl GroupTable {
             dirty: Vec::new(),
             is_dirty: Vec::new(),
             new_keys: Vec::new(),
+            last_access: None,
         })
+    }
+
+    /// Keeps when each group was last written, for a state TTL.
+    pub(crate) fn track_access(mut self) -> GroupTable {
+        self.last_access = Some(vec![0; self.len()]);
+        self
+    }
+
+    /// Records that the groups `gids` were written at `now` (ms); nothing without a TTL.
+    pub(crate) fn touch(&mut self, gids: &[usize], now: i64) {
+        if let Some(t) = &mut self.last_access {
+            for g in gids {
+                t[*g] = now;
+            }
+        }
+    }
+
+    /// Empties group `g` (its rows and accumulators) and marks it changed, as a state TTL
+    /// expires it.
+    pub(crate) fn clear_group(&mut self, g: usize) {
+        self.rows[g] = 0;
+        for a in &mut self.accs {
+            a.reset(g);
+        }
+        if !self.is_dirty[g] {
+            self.is_dirty[g] = true;
+            self.dirty.push(g as u32);
+        }
+    }
+
+    /// Rebuilds the table with the groups `keep` says to keep, which get the ids `0..` in
+    /// their old order; the others are forgotten (keys and accumulators). What changed since
+    /// the last checkpoint is no longer tracked: the caller writes a snapshot next.
+    ///
+    /// Errors: `GroupValues` handed the kept keys other ids.
+    pub(crate) fn retain(&mut self, key_schema: &SchemaRef, keep: &[bool]) -> Result<()> {
+        let picks: Vec<usize> = (0..self.len()).filter(|g| keep[*g]).collect();
+        let keys = self.groups.emit(datafusion::logical_expr::EmitTo::All)?;
+        self.groups = new_group_values(key_schema.clone(), &GroupOrdering::None)?;
+        if !picks.is_empty() {
+            let idx = UInt32Array::from_iter_values(picks.iter().map(|g| *g as u32));
+            let kept = keys.iter().map(|c| Ok(take(c.as_ref(), &idx, None)?)).collect::<Result<Vec<_>>>()?;
+            let mut gids = Vec::new();
+            self.groups.intern(&kept, &mut gids)?;
+            check_ids(&gids, 0)?;
+        }
+        self.rows = picks.iter().map(|g| self.rows[*g]).collect();
+        if let Some(t) = &mut self.last_access {
+            *t = picks.iter().map(|g| t[*g]).collect();
+        }
+        for a in &mut self.accs {
+            a.select(&picks);
+        }
+        self.dirty.clear();
+        self.is_dirty = vec![false; picks.len()];
+        self.new_keys.clear();
+        Ok(())
     }
 
     /// Interns `keys` (columns of `key_schema`), growing the accumulators for new groups and,
@@ -283,6 +368,9 @@ impl GroupTable {
             }
             self.rows.resize(after, 0);
             self.is_dirty.resize(after, false);
+            if let Some(t) = &mut self.last_access {
+                t.resize(after, 0);
+            }
             for a in &mut self.accs {
                 a.resize(after);
             }

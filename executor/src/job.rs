@@ -44,7 +44,8 @@ use sluice_connectors::TopicLog;
 use crate::error::{failpoint, ExecError, Result};
 use crate::graph::{Graph, SourceWatermark};
 use crate::rows::eval;
-use crate::sink_nulls::{self, NotNullCheck, NullPolicy};
+use crate::sink_lengths::LengthCheck;
+use crate::sink_nulls::{self, NotNullCheck, SinkPolicy};
 use crate::state::job_prefix;
 
 /// Rows read from one partition per poll.
@@ -72,6 +73,10 @@ pub struct JobStatus {
     pub null_rows: AtomicU64,
     /// Completed checkpoints.
     pub checkpoints: AtomicU64,
+    /// Entries in the job's operator state (join rows, groups) at the last checkpoint.
+    pub state_rows: AtomicU64,
+    /// Bytes of the job's operator state in the store at the last checkpoint.
+    pub state_bytes: AtomicU64,
     /// Set when the job failed; the job thread has ended.
     pub error: Mutex<Option<String>>,
     /// Committed positions: `(topic, partition) -> offset`, for `FLUSH`. Unbounded generators
@@ -107,8 +112,13 @@ impl JobStatus {
 }
 
 /// Version of the encodings of operator state and checkpoint metadata. Bump it whenever an
-/// operator's state encoding changes: a restore refuses state of another version.
-pub const STATE_FORMAT_VERSION: u32 = 2;
+/// operator's state encoding changes: a restore refuses state of another version, except the
+/// older versions this one still reads ([`OLDEST_READABLE_FORMAT`]). Version 3 added the
+/// times a state TTL needs (join chunks, groups) as new entries.
+pub const STATE_FORMAT_VERSION: u32 = 3;
+
+/// The oldest state format a restore reads: version 2 is version 3 without TTL entries.
+pub const OLDEST_READABLE_FORMAT: u32 = 2;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct CheckpointMeta {
@@ -170,23 +180,24 @@ impl JobRuntime {
     }
 
     /// Builds the job's operators, restores its last checkpoint and starts its thread, with
-    /// Flink's default for NULL in a NOT NULL column of the sink (`ERROR`).
+    /// Sluice's default [`SinkPolicy`] (`ERROR` for NULL in a NOT NULL column of the sink, as
+    /// Flink's default, and for a string longer than its column's length).
     ///
     /// Errors: operator construction or state restore failed (the job is not started).
     pub fn start(self: &Arc<Self>, id: &str, plan: DataflowPlan) -> Result<Arc<JobStatus>> {
-        self.start_with(id, plan, NullPolicy::default())
+        self.start_with(id, plan, SinkPolicy::default())
     }
 
-    /// [`JobRuntime::start`] with the job's [`NullPolicy`].
+    /// [`JobRuntime::start`] with the job's [`SinkPolicy`].
     ///
     /// Errors: as [`JobRuntime::start`]; [`ExecError::Unsupported`] for `LOG` without a
     /// dead-letter topic.
-    pub fn start_with(self: &Arc<Self>, id: &str, plan: DataflowPlan, nulls: NullPolicy) -> Result<Arc<JobStatus>> {
-        if nulls.enforcer == NotNullEnforcer::Log && nulls.dead_letter_topic.is_none() {
+    pub fn start_with(self: &Arc<Self>, id: &str, plan: DataflowPlan, nulls: SinkPolicy) -> Result<Arc<JobStatus>> {
+        if nulls.not_null == NotNullEnforcer::Log && nulls.dead_letter_topic.is_none() {
             return Err(ExecError::Unsupported(format!("job {id}: 'LOG' needs the dead-letter table of {}", plan.sink.name)));
         }
         let late_rows = Arc::new(AtomicU64::new(0));
-        let mut graph = Graph::build(&plan.root, late_rows.clone())?;
+        let mut graph = Graph::build(&plan.root, late_rows.clone(), plan.state_ttl)?;
         let fingerprint = graph.fingerprint();
         let meta: CheckpointMeta = match self.store.db().get_cf(self.store.cf(CF_STATE), meta_key(id))? {
             Some(v) => {
@@ -244,6 +255,8 @@ impl JobRuntime {
             late_rows,
             null_rows: AtomicU64::new(0),
             checkpoints: AtomicU64::new(meta.epoch),
+            state_rows: AtomicU64::new(graph.state_rows()),
+            state_bytes: AtomicU64::new(graph.state_bytes()),
             error: Mutex::new(None),
             committed: Mutex::new(HashMap::new()),
             pending_generators: AtomicU64::new(
@@ -257,9 +270,11 @@ impl JobRuntime {
             finished: AtomicBool::new(false),
             handle: Mutex::new(None),
         });
-        let not_null = NotNullCheck::new(id, &plan.sink.name, plan.sink_schema.clone(), nulls.enforcer);
+        let not_null = NotNullCheck::new(id, &plan.sink.name, plan.sink_schema.clone(), nulls.not_null);
+        let lengths = LengthCheck::new(id, &plan.sink, nulls.type_length);
         let mut job = RunningJob {
             not_null,
+            lengths,
             dead_letter_topic: nulls.dead_letter_topic,
             dead_letters: Vec::new(),
             pending_refused: 0,
@@ -420,9 +435,9 @@ fn meta_key(job: &str) -> Vec<u8> {
 /// Refuses state written by another plan or state format, or invalidated because a table of
 /// the job was dropped since (see the module docs).
 fn check_meta(id: &str, meta: &CheckpointMeta, fingerprint: &str) -> Result<()> {
-    if meta.format != Some(STATE_FORMAT_VERSION) {
+    if !meta.format.is_some_and(|f| (OLDEST_READABLE_FORMAT..=STATE_FORMAT_VERSION).contains(&f)) {
         return Err(ExecError::StateMismatch(format!(
-            "job {id}: its checkpoint has state format {}, this Sluice reads format {STATE_FORMAT_VERSION}; drop and recreate the job (its state cannot be restored)",
+            "job {id}: its checkpoint has state format {}, this Sluice reads formats {OLDEST_READABLE_FORMAT} to {STATE_FORMAT_VERSION}; drop and recreate the job (its state cannot be restored)",
             meta.format.map_or("unknown (older than format versions)".to_string(), |f| f.to_string())
         )));
     }
@@ -438,6 +453,12 @@ fn check_meta(id: &str, meta: &CheckpointMeta, fingerprint: &str) -> Result<()> 
         )));
     }
     Ok(())
+}
+
+/// How often a job with a state TTL checkpoints while idle, so that expired state goes: a
+/// quarter of the TTL, between 1 s and 1 min.
+fn ttl_check_interval(ttl: Duration) -> Duration {
+    (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
 /// The message of a caught panic.
@@ -468,6 +489,8 @@ struct RunningJob {
     dirty: bool,
     /// The sink's NOT NULL columns and what to do with a NULL in them.
     not_null: NotNullCheck,
+    /// The sink's `VARCHAR(n)`/`CHAR(n)` lengths, applied after [`NotNullCheck`].
+    lengths: LengthCheck,
     /// `LOG`: the topic of the sink's dead-letter table.
     dead_letter_topic: Option<String>,
     /// `LOG`: the epoch's dead letters, committed with it ([`crate::sink_nulls`]).
@@ -547,6 +570,10 @@ impl RunningJob {
             }
             let seen = self.log.version();
             let progressed = self.poll()?;
+            // With a state TTL an idle job still checkpoints now and then, which expires state.
+            if self.graph.state_ttl().is_some_and(|ttl| last_commit.elapsed() >= ttl_check_interval(ttl)) {
+                self.dirty = true;
+            }
             if self.dirty && (!progressed || last_commit.elapsed() > EPOCH_INTERVAL || self.pending_rows > EPOCH_MAX_ROWS) {
                 self.commit()?;
                 last_commit = Instant::now();
@@ -639,8 +666,9 @@ impl RunningJob {
             if checked.rows.is_empty() {
                 continue;
             }
-            self.pending_rows += checked.rows.num_rows();
-            self.pending.push(checked.rows.to_topic_batch()?);
+            let rows = self.lengths.apply(checked.rows)?;
+            self.pending_rows += rows.num_rows();
+            self.pending.push(rows.to_topic_batch()?);
         }
         Ok(())
     }
@@ -710,6 +738,8 @@ impl RunningJob {
         self.status.null_rows.fetch_add(std::mem::take(&mut self.pending_refused), Ordering::Relaxed);
         self.status.rows_out.fetch_add(self.pending_rows as u64, Ordering::Relaxed);
         self.status.checkpoints.store(self.epoch, Ordering::Relaxed);
+        self.status.state_rows.store(self.graph.state_rows(), Ordering::Relaxed);
+        self.status.state_bytes.store(self.graph.state_bytes(), Ordering::Relaxed);
         self.pending_rows = 0;
         self.dirty = false;
         self.publish_positions();

@@ -17,6 +17,14 @@
 //! retraction first looks at a chunk, so append-only inputs never pay for them. When more than
 //! half of a side's stored rows are dead, the side is compacted.
 //!
+//! With a state TTL (Flink's `table.exec.state.ttl`, processing time) a stored row expires once
+//! it has been in state for the TTL: each chunk remembers when it was stored, and every
+//! checkpoint drops the chunks stored before `now - TTL` (the oldest rows of every key's chain,
+//! so the chains are cut short) without emitting anything, as Flink expires join state. The
+//! rows stay until that checkpoint, so a row matches for at least the TTL. Chunks are stored
+//! in checkpoints with their time, and the cut-off of each expiry is a checkpoint entry too, so
+//! a restore rebuilds the same state and the TTL counts across restarts.
+//!
 //! A checkpoint writes the epoch's changes as one delta record (`d<seq>`), so the store sees one
 //! write per epoch rather than one per row, as a changelog state backend does: the batches of
 //! rows added (each as Arrow IPC) and the rows removed (key and row encodings). When the deltas outgrow
@@ -37,12 +45,15 @@ use crate::error::{ExecError, Result};
 use crate::filter::FilterOp;
 use crate::operator::Operator;
 use crate::rows::{any_null, converter, eval, expr_types, schema_converter, types_of};
-use crate::state::{DeltaLog, StateReader, StateWriter};
+use crate::state::{processing_time_ms, DeltaLog, StateReader, StateWriter};
 
 /// Rows per chunk after a compaction.
 const COMPACT_CHUNK_ROWS: usize = 65_536;
 /// Dead rows a side tolerates before it may compact (it does once they outnumber live rows).
 const COMPACT_MIN_DEAD: usize = 65_536;
+/// Expired (emptied) chunks a side tolerates before it compacts (it does once they are half
+/// of its chunks).
+const COMPACT_MIN_EXPIRED: usize = 1024;
 
 /// A stored row: its chunk and its index within the chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +132,8 @@ struct Chunk {
     next: Vec<RowRef>,
     /// Whole-row hashes, computed when a retraction first looks into this chunk.
     hashes: Option<Vec<u64>>,
+    /// When the rows were stored (processing time, ms since the Unix epoch), for a state TTL.
+    born: i64,
 }
 
 /// One input's rows: chunks, the key index, and the changes since the last checkpoint.
@@ -131,8 +144,10 @@ struct Side {
     index: HashMap<Key, Head>,
     live: usize,
     dead: usize,
-    /// Batches of rows added this epoch.
-    appended: Vec<RecordBatch>,
+    /// Chunks before this one have expired: their rows are gone and their data dropped.
+    expired_upto: usize,
+    /// Batches of rows added this epoch, with when they were stored.
+    appended: Vec<(i64, RecordBatch)>,
     /// Rows removed this epoch: key and row encodings.
     removed: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -149,11 +164,12 @@ fn hash_rows(cols: &[ArrayRef], n: usize) -> Result<Vec<u64>> {
 }
 
 impl Side {
-    /// Adds every row of `data` (all with non-null keys `keys`), as a restore does.
-    fn add_all(&mut self, data: RecordBatch, keys: &Rows) {
+    /// Adds every row of `data` (all with non-null keys `keys`) stored at `born`, as a
+    /// restore does.
+    fn add_all(&mut self, data: RecordBatch, keys: &Rows, born: i64) {
         let n = data.num_rows();
         let chunk = self.chunks.len() as u32;
-        self.chunks.push(Chunk { live: vec![true; n], next: vec![NONE; n], data, hashes: None });
+        self.chunks.push(Chunk { live: vec![true; n], next: vec![NONE; n], data, hashes: None, born });
         for i in 0..n {
             self.link(keys.row(i).data(), RowRef { chunk, row: i as u32 });
         }
@@ -232,23 +248,76 @@ impl Side {
         self.index.get(key).map_or(0, |h| h.count as usize)
     }
 
-    /// Every live row, as batches.
-    fn live_batches(&self) -> Result<Vec<RecordBatch>> {
+    /// Every live row, as batches with when they were stored, oldest first.
+    fn live_batches(&self) -> Result<Vec<(i64, RecordBatch)>> {
         let mut out = Vec::new();
         for c in &self.chunks {
             let live = c.live.iter().filter(|l| **l).count();
+            if live == 0 {
+                continue;
+            }
             if live == c.data.num_rows() {
-                out.push(c.data.clone());
-            } else if live > 0 {
-                out.push(filter_record_batch(&c.data, &BooleanArray::from(c.live.clone()))?);
+                out.push((c.born, c.data.clone()));
+            } else {
+                out.push((c.born, filter_record_batch(&c.data, &BooleanArray::from(c.live.clone()))?));
             }
         }
         Ok(out)
     }
 
-    /// Rewrites the chunks without dead rows when those outnumber the live ones.
-    fn maybe_compact(&mut self, keys: &[ExprRef], key_conv: &RowConverter, schema: &SchemaRef) -> Result<()> {
-        if self.dead < COMPACT_MIN_DEAD || self.dead < self.live {
+    /// Drops the rows stored at or before `cutoff` (ms), from the oldest chunk on; returns
+    /// how many rows expired. Chunks are stored in time order, and a key's chain runs from its
+    /// newest row to its oldest, so the expired rows are the end of every chain they are in.
+    fn expire(&mut self, cutoff: i64, keys: &[ExprRef], key_conv: &RowConverter) -> Result<usize> {
+        let start = self.expired_upto;
+        let mut end = start;
+        while end < self.chunks.len() && self.chunks[end].born <= cutoff {
+            end += 1;
+        }
+        if end == start {
+            return Ok(0);
+        }
+        let mut cut: HashMap<Key, ()> = HashMap::default();
+        let mut expired = 0;
+        for c in &mut self.chunks[start..end] {
+            let live: Vec<u32> = (0..c.live.len() as u32).filter(|r| c.live[*r as usize]).collect();
+            if !live.is_empty() {
+                let k = key_conv.convert_columns(&eval(keys, &c.data)?)?;
+                for r in &live {
+                    cut.insert(Key::from(k.row(*r as usize).data()), ());
+                }
+            }
+            expired += live.len();
+            self.dead -= c.data.num_rows() - live.len();
+            *c = Chunk { data: c.data.slice(0, 0), live: vec![], next: vec![], hashes: None, born: c.born };
+        }
+        self.live -= expired;
+        for key in cut.into_keys() {
+            let Some(head) = self.index.get(key.as_slice()).copied() else { return Err(bad_state()) };
+            let (mut prev, mut cur, mut kept) = (NONE, head.first, 0);
+            while cur != NONE && cur.chunk as usize >= end {
+                prev = cur;
+                kept += 1;
+                cur = self.chunks[cur.chunk as usize].next[cur.row as usize];
+            }
+            if kept == 0 {
+                self.index.remove(key.as_slice());
+            } else {
+                self.chunks[prev.chunk as usize].next[prev.row as usize] = NONE;
+                self.index.get_mut(key.as_slice()).ok_or_else(bad_state)?.count = kept;
+            }
+        }
+        self.expired_upto = end;
+        Ok(expired)
+    }
+
+    /// Rewrites the chunks without dead rows when those outnumber the live ones, and without
+    /// expired chunks when those are many. Chunks are merged into larger ones only without a
+    /// TTL (`merge`): with one, each chunk keeps its own time.
+    fn maybe_compact(&mut self, keys: &[ExprRef], key_conv: &RowConverter, schema: &SchemaRef, merge: bool) -> Result<()> {
+        let dead = self.dead >= COMPACT_MIN_DEAD && self.dead >= self.live;
+        let expired = self.expired_upto >= COMPACT_MIN_EXPIRED && 2 * self.expired_upto >= self.chunks.len();
+        if !dead && !expired {
             return Ok(());
         }
         let live = self.live_batches()?;
@@ -256,13 +325,14 @@ impl Side {
         *self = Side { appended, removed, ..Side::default() };
         let mut group: Vec<RecordBatch> = Vec::new();
         let mut rows = 0;
-        for (i, b) in live.iter().enumerate() {
+        for (i, (born, b)) in live.iter().enumerate() {
             rows += b.num_rows();
             group.push(b.clone());
-            if rows >= COMPACT_CHUNK_ROWS || i + 1 == live.len() {
+            if !merge || rows >= COMPACT_CHUNK_ROWS || i + 1 == live.len() {
                 let data = concat_batches(schema, &group)?;
                 let k = key_conv.convert_columns(&eval(keys, &data)?)?;
-                self.add_all(data, &k);
+                // The newest time of the merged chunks: no row expires early.
+                self.add_all(data, &k, *born);
                 group.clear();
                 rows = 0;
             }
@@ -284,10 +354,13 @@ pub struct JoinOp {
     /// How the state is checkpointed.
     log: DeltaLog,
     filter: Option<FilterOp>,
+    /// The state TTL in ms, if any.
+    ttl_ms: Option<i64>,
 }
 
 impl JoinOp {
-    /// Builds a join of inputs with schemas `left` and `right` producing `schema`.
+    /// Builds a join of inputs with schemas `left` and `right` producing `schema`, keeping a
+    /// stored row for `ttl` (forever for `None`).
     ///
     /// Errors: when the key types of the two sides differ and cannot be compared.
     #[allow(clippy::too_many_arguments)]
@@ -300,6 +373,7 @@ impl JoinOp {
         left_outer: bool,
         right_outer: bool,
         schema: SchemaRef,
+        ttl: Option<std::time::Duration>,
     ) -> Result<JoinOp> {
         let lt = expr_types(&left_keys, &left)?;
         let rt = expr_types(&right_keys, &right)?;
@@ -317,6 +391,7 @@ impl JoinOp {
             state: [Side::default(), Side::default()],
             log: DeltaLog::default(),
             filter: filter.map(FilterOp::new),
+            ttl_ms: ttl.map(|d| d.as_millis() as i64),
         })
     }
 
@@ -325,7 +400,7 @@ impl JoinOp {
     fn contents(&self) -> Vec<(usize, Vec<u8>, Vec<u8>)> {
         let mut out = Vec::new();
         for side in 0..2 {
-            for b in self.state[side].live_batches().unwrap() {
+            for (_, b) in self.state[side].live_batches().unwrap() {
                 let k = self.key_conv.convert_columns(&eval(&self.keys[side], &b).unwrap()).unwrap();
                 let r = self.row_conv[side].convert_columns(b.columns()).unwrap();
                 for i in 0..b.num_rows() {
@@ -342,16 +417,19 @@ fn bad_state() -> ExecError {
     ExecError::CorruptState("join state".into())
 }
 
-/// Delta and snapshot entries: `0, side, len u32 LE, IPC batch` adds rows; `1, side, key len
-/// u32 LE, key, row len u32 LE, row` removes one row.
+/// Delta and snapshot entries: `3, side, stored at i64 LE, len u32 LE, IPC batch` adds rows
+/// (`0, side, len, IPC`, without the time, in state written before TTLs); `1, side, key len
+/// u32 LE, key, row len u32 LE, row` removes one row; `2, side, cut-off i64 LE` expires the
+/// rows stored at or before the cut-off.
 fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
     buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
     buf.extend_from_slice(b);
 }
 
-fn encode_added(buf: &mut Vec<u8>, side: usize, batch: &RecordBatch) -> Result<()> {
-    buf.push(0);
+fn encode_added(buf: &mut Vec<u8>, side: usize, born: i64, batch: &RecordBatch) -> Result<()> {
+    buf.push(3);
     buf.push(side as u8);
+    buf.extend_from_slice(&born.to_le_bytes());
     put_bytes(buf, &encode_batch(batch)?);
     Ok(())
 }
@@ -415,7 +493,8 @@ impl Operator for JoinOp {
         let (outer_this, outer_other) = (outer[side], outer[other_side]);
         let null_other = (other.chunks.len(), 0);
         let chunk_id = this.chunks.len() as u32;
-        this.chunks.push(Chunk { data: batch.data.clone(), live: vec![false; n], next: vec![NONE; n], hashes: None });
+        let born = processing_time_ms();
+        this.chunks.push(Chunk { data: batch.data.clone(), live: vec![false; n], next: vec![NONE; n], hashes: None, born });
         let mut added = vec![false; n];
         let mut n_added = 0;
         let mut out = Out { ops: Vec::with_capacity(n), this: Vec::with_capacity(n), other: Vec::with_capacity(n) };
@@ -479,11 +558,10 @@ impl Operator for JoinOp {
             this.chunks.pop();
         } else {
             this.dead += n - n_added;
-            this.appended.push(if n_added == n {
-                batch.data.clone()
-            } else {
-                filter_record_batch(&batch.data, &BooleanArray::from(added))?
-            });
+            this.appended.push((
+                born,
+                if n_added == n { batch.data.clone() } else { filter_record_batch(&batch.data, &BooleanArray::from(added))? },
+            ));
         }
         let joined = if out.ops.is_empty() {
             None
@@ -507,8 +585,8 @@ impl Operator for JoinOp {
             let cols = if side == 0 { [this_cols, other_cols].concat() } else { [other_cols, this_cols].concat() };
             Some(ChangeBatch::new(RecordBatch::try_new(self.schema.clone(), cols)?, out.ops))
         };
-        let JoinOp { state, keys: key_exprs, key_conv, inputs, .. } = self;
-        state[side].maybe_compact(&key_exprs[side], key_conv, &inputs[side])?;
+        let JoinOp { state, keys: key_exprs, key_conv, inputs, ttl_ms, .. } = self;
+        state[side].maybe_compact(&key_exprs[side], key_conv, &inputs[side], ttl_ms.is_none())?;
         let Some(joined) = joined else { return Ok(vec![]) };
         match &mut self.filter {
             Some(f) => f.process(0, joined),
@@ -518,16 +596,25 @@ impl Operator for JoinOp {
 
     fn checkpoint(&mut self, w: &mut StateWriter<'_>) -> Result<()> {
         let mut delta = Vec::new();
+        let cutoff = self.ttl_ms.map(|ttl| processing_time_ms() - ttl);
         for side in 0..2 {
             let s = &mut self.state[side];
-            for b in std::mem::take(&mut s.appended) {
-                encode_added(&mut delta, side, &b)?;
+            for (born, b) in std::mem::take(&mut s.appended) {
+                encode_added(&mut delta, side, born, &b)?;
             }
             for (key, row) in std::mem::take(&mut s.removed) {
                 delta.push(1);
                 delta.push(side as u8);
                 put_bytes(&mut delta, &key);
                 put_bytes(&mut delta, &row);
+            }
+            // Expiry after the epoch's changes, in the order a restore applies them.
+            if let Some(cutoff) = cutoff {
+                if s.expire(cutoff, &self.keys[side], &self.key_conv)? > 0 {
+                    delta.push(2);
+                    delta.push(side as u8);
+                    delta.extend_from_slice(&cutoff.to_le_bytes());
+                }
             }
         }
         let state = &self.state;
@@ -536,8 +623,8 @@ impl Operator for JoinOp {
             for (side, s) in state.iter().enumerate() {
                 match s.live_batches() {
                     Ok(batches) => {
-                        for b in batches {
-                            if let Err(e) = encode_added(snap.buf(), side, &b) {
+                        for (born, b) in batches {
+                            if let Err(e) = encode_added(snap.buf(), side, born, &b) {
                                 snap_err = Some(e);
                             }
                         }
@@ -551,6 +638,8 @@ impl Operator for JoinOp {
 
     fn restore(&mut self, r: &StateReader<'_>) -> Result<()> {
         let JoinOp { state, keys, key_conv, row_conv, log, .. } = self;
+        // Rows stored without a time (state written before TTLs) count from now.
+        let now = processing_time_ms();
         log.restore(r, |v| {
             let mut rd = Reader { b: v, pos: 0 };
             while rd.pos < v.len() {
@@ -560,10 +649,15 @@ impl Operator for JoinOp {
                     return Err(bad_state());
                 }
                 match tag {
-                    0 => {
+                    0 | 3 => {
+                        let born = if tag == 3 { i64::from_le_bytes(rd.take(8)?.try_into().unwrap()) } else { now };
                         let data = decode_batch(rd.bytes()?)?;
                         let k = key_conv.convert_columns(&eval(&keys[side], &data)?)?;
-                        state[side].add_all(data, &k);
+                        state[side].add_all(data, &k, born);
+                    }
+                    2 => {
+                        let cutoff = i64::from_le_bytes(rd.take(8)?.try_into().unwrap());
+                        state[side].expire(cutoff, &keys[side], key_conv)?;
                     }
                     1 => {
                         let key = rd.bytes()?;
@@ -585,6 +679,14 @@ impl Operator for JoinOp {
             s.removed.clear();
         }
         Ok(())
+    }
+
+    fn state_rows(&self) -> u64 {
+        (self.state[0].live + self.state[1].live) as u64
+    }
+
+    fn state_bytes(&self) -> u64 {
+        self.log.stored_bytes()
     }
 
     fn name(&self) -> &'static str {
@@ -619,7 +721,48 @@ mod tests {
             schema.fields().iter().chain(schema.fields().iter()).map(|f| f.as_ref().clone()).collect::<Vec<_>>(),
         ));
         let key: ExprRef = Arc::new(Column::new("id", 0));
-        JoinOp::try_new(schema.clone(), schema.clone(), vec![key.clone()], vec![key], None, true, false, out).unwrap()
+        JoinOp::try_new(schema.clone(), schema.clone(), vec![key.clone()], vec![key], None, true, false, out, None).unwrap()
+    }
+
+    #[test]
+    fn rows_stored_longer_than_the_ttl_expire_at_a_checkpoint_and_across_restores() {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true), Field::new("s", DataType::Utf8, true)]));
+        let ttl = Some(std::time::Duration::from_secs(3600));
+        let mk = || {
+            let out = Arc::new(Schema::new(
+                schema.fields().iter().chain(schema.fields().iter()).map(|f| f.as_ref().clone()).collect::<Vec<_>>(),
+            ));
+            let key: ExprRef = Arc::new(Column::new("id", 0));
+            JoinOp::try_new(schema.clone(), schema.clone(), vec![key.clone()], vec![key], None, false, false, out, ttl).unwrap()
+        };
+        let mut j = mk();
+        // Key 1 has an old row and a new one; key 2 only an old one.
+        j.process(0, batch(&schema, &[1, 2], &["old1", "old2"], &[Op::Insert, Op::Insert])).unwrap();
+        j.process(0, batch(&schema, &[1], &["new1"], &[Op::Insert])).unwrap();
+        // As if the first batch had been stored an hour ago.
+        let old = processing_time_ms() - 3_600_001;
+        j.state[0].chunks[0].born = old;
+        j.state[0].appended[0].0 = old;
+        let dir = std::env::temp_dir().join(format!("sluice-join-ttl-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        let mut wb = WriteBatch::default();
+        j.checkpoint(&mut StateWriter::new(&store, &mut wb, operator_prefix("x", 0))).unwrap();
+        store.write(wb).unwrap();
+        assert_eq!(j.state[0].live, 1);
+        let mut restored = mk();
+        restored.restore(&StateReader::new(&store, operator_prefix("x", 0))).unwrap();
+        assert_eq!(restored.contents(), j.contents());
+        assert_eq!(restored.state[0].chunks[0].born, j.state[0].chunks[0].born);
+        for x in [&mut j, &mut restored] {
+            // Only the row that had not expired matches; key 2 matches nothing.
+            let out = x.process(1, batch(&schema, &[1, 2], &["r1", "r2"], &[Op::Insert, Op::Insert])).unwrap();
+            assert_eq!(out[0].to_text(), "+I 1 new1 1 r1\n");
+            // Retracting an expired row does nothing; the kept one retracts.
+            let out = x.process(0, batch(&schema, &[1, 1], &["old1", "new1"], &[Op::Delete, Op::Delete])).unwrap();
+            assert_eq!(out[0].to_text(), "-D 1 new1 1 r1\n");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -643,7 +786,7 @@ mod tests {
         };
         commit(&mut j);
         j.process(1, batch(&schema, &[2, 3], &["y", "z"], &[Op::Insert, Op::Insert])).unwrap();
-        j.log.force_snapshot();
+        j.log.snapshot_next();
         commit(&mut j);
         j.process(0, batch(&schema, &[2], &["b"], &[Op::Delete])).unwrap();
         j.process(0, batch(&schema, &[3], &["c"], &[Op::Insert])).unwrap();

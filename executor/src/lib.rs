@@ -10,6 +10,8 @@
 //! - [`materialize`]: a table's current contents from its changelog, for batch `SELECT`.
 //! - [`sink_nulls`]: the sink's NOT NULL columns enforced on a job's output (Flink's
 //!   `table.exec.sink.not-null-enforcer`), and the outbox of dead-lettered rows.
+//! - [`sink_lengths`]: the sink's `VARCHAR(n)`/`CHAR(n)` lengths enforced on a job's output
+//!   (Flink's `table.exec.sink.type-length-enforcer`).
 //! - [`state`]: key layout of operator state in the store.
 //! - [`error`]: the crate's error type.
 
@@ -23,6 +25,7 @@ pub mod join;
 pub mod materialize;
 pub mod operator;
 pub mod rows;
+pub mod sink_lengths;
 pub mod sink_nulls;
 pub mod source;
 pub mod state;
@@ -31,4 +34,4 @@ pub mod window_agg;
 pub use error::{ExecError, Result};
 pub use job::{JobRuntime, JobStatus};
 pub use materialize::MaterializedTable;
-pub use sink_nulls::NullPolicy;
+pub use sink_nulls::SinkPolicy;

@@ -26,6 +26,16 @@ pub trait Operator: Send {
         Ok(())
     }
 
+    /// Entries the operator keeps in state (groups, stored rows), for `SHOW JOBS`.
+    fn state_rows(&self) -> u64 {
+        0
+    }
+
+    /// Bytes of the operator's state in the store (its snapshot and deltas), for `SHOW JOBS`.
+    fn state_bytes(&self) -> u64 {
+        0
+    }
+
     /// A one-line description, for logs.
     fn name(&self) -> &'static str;
 }

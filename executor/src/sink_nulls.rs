@@ -23,7 +23,7 @@ use arrow::compute::kernels::boolean::{not, or};
 use arrow::compute::{concat_batches, is_null};
 use arrow::datatypes::{Schema, SchemaRef};
 use rocksdb::WriteBatch;
-use sluice_catalog::enforcer::{NotNullEnforcer, SESSION_OPTION};
+use sluice_catalog::enforcer::{NotNullEnforcer, TypeLengthEnforcer, SESSION_OPTION};
 use sluice_catalog::store::CF_STATE;
 use sluice_catalog::{ChangeBatch, Store};
 use sluice_connectors::format::{dead_letter_schema, rows_to_json_bytes};
@@ -34,14 +34,19 @@ use crate::error::{ExecError, Result};
 use crate::job::partition_batches;
 use crate::state::job_prefix;
 
-/// How a job treats output rows with NULL in a NOT NULL column of its sink.
+/// How a job enforces its sink's schema on its output rows: NULL in a NOT NULL column (this
+/// module) and strings that do not fit a `VARCHAR(n)`/`CHAR(n)` column
+/// ([`crate::sink_lengths`]). The default is Sluice's for a new job: `ERROR` for both.
 #[derive(Debug, Clone, Default)]
-pub struct NullPolicy {
-    /// What to do with such a row.
-    pub enforcer: NotNullEnforcer,
+pub struct SinkPolicy {
+    /// What to do with a row that has NULL in a NOT NULL column.
+    pub not_null: NotNullEnforcer,
     /// The topic of the sink's dead-letter table (`<sink>_dlq`): required with
     /// [`NotNullEnforcer::Log`], unused otherwise.
     pub dead_letter_topic: Option<String>,
+    /// What to do with a value longer than its column's declared length, or a `CHAR(n)` value
+    /// shorter than n.
+    pub type_length: TypeLengthEnforcer,
 }
 
 /// The check of one job's output against its sink's NOT NULL columns.

@@ -81,6 +81,23 @@ impl<'a> StateReader<'a> {
     }
 }
 
+/// Processing time in ms since the Unix epoch, as a state TTL counts it
+/// ([`sluice_catalog::state_ttl`]).
+pub(crate) fn processing_time_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Entries that may be dropped (empty groups, expired rows) before a table is rebuilt without
+/// them: at least this many, and at least as many as the entries kept, so that rebuilding
+/// costs O(1) per dropped entry.
+const REBUILD_MIN: usize = 1024;
+
+/// True when a table of `total` entries, `removable` of which may be dropped, is worth
+/// rebuilding (see [`REBUILD_MIN`]).
+pub(crate) fn worth_rebuilding(removable: usize, total: usize) -> bool {
+    removable >= REBUILD_MIN && 2 * removable >= total
+}
+
 /// Largest snapshot record.
 const SNAPSHOT_CHUNK: usize = 32 << 20;
 
@@ -95,6 +112,8 @@ pub struct DeltaLog {
     next: u64,
     log_bytes: usize,
     snapshot_bytes: usize,
+    /// The next commit writes a snapshot, even without a delta.
+    snapshot_next: bool,
 }
 
 /// Receives a snapshot's bytes and cuts them into records.
@@ -128,11 +147,11 @@ impl DeltaLog {
     /// Writes the epoch's `delta` (nothing when empty), or a snapshot produced by `snapshot`
     /// when the deltas have grown large.
     pub fn commit(&mut self, w: &mut StateWriter<'_>, delta: &[u8], snapshot: impl FnOnce(&mut SnapshotWriter<'_, '_>)) {
-        if delta.is_empty() {
+        if delta.is_empty() && !self.snapshot_next {
             return;
         }
         self.log_bytes += delta.len();
-        if self.log_bytes > 2 * self.snapshot_bytes + (16 << 20) {
+        if std::mem::take(&mut self.snapshot_next) || self.log_bytes > 2 * self.snapshot_bytes + (16 << 20) {
             w.delete_range(b"d", b"e");
             w.delete_range(b"s", b"t");
             let mut sw = SnapshotWriter { w, chunk: Vec::new(), n: 0, total: 0 };
@@ -165,9 +184,16 @@ impl DeltaLog {
         Ok(())
     }
 
-    /// Forces the next commit to write a snapshot (tests).
-    #[cfg(test)]
-    pub fn force_snapshot(&mut self) {
-        self.log_bytes = usize::MAX / 4;
+    /// Bytes of this operator's state in the store: the last snapshot and the deltas after it.
+    /// Bounded by about three times the live state plus 16 MiB, as deltas are replaced by a
+    /// snapshot once they outgrow twice the last one.
+    pub fn stored_bytes(&self) -> u64 {
+        (self.snapshot_bytes + self.log_bytes) as u64
+    }
+
+    /// Makes the next commit write a snapshot, with or without a delta: after the operator
+    /// rebuilt its state (dropped entries, new ids), deltas over the old one no longer apply.
+    pub fn snapshot_next(&mut self) {
+        self.snapshot_next = true;
     }
 }

@@ -295,6 +295,15 @@ impl Operator for WindowAggregateOp {
         })
     }
 
+    fn state_bytes(&self) -> u64 {
+        self.log.stored_bytes()
+    }
+
+    /// Groups of the windows not fired yet.
+    fn state_rows(&self) -> u64 {
+        self.windows.values().map(|w| w.len() as u64).sum()
+    }
+
     fn name(&self) -> &'static str {
         "WindowAggregate"
     }
@@ -378,7 +387,7 @@ mod tests {
         };
         commit(&mut a);
         a.process(0, batch(&[20, 30], &["y", "z"], &[5.0, 6.0], &[Insert, Insert])).unwrap();
-        a.log.force_snapshot();
+        a.log.snapshot_next();
         commit(&mut a);
         a.process(0, batch(&[30], &["z"], &[7.0], &[Insert])).unwrap();
         commit(&mut a);

@@ -94,7 +94,7 @@ pub fn plan_dataflow(
         };
         sink_exprs.push(e);
     }
-    Ok(DataflowPlan { root, sink: sink.clone(), sink_exprs, sink_schema })
+    Ok(DataflowPlan { root, sink: sink.clone(), sink_exprs, sink_schema, state_ttl: None })
 }
 
 /// Translates logical plans into dataflow nodes; see [`plan_dataflow`].

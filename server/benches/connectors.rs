@@ -51,6 +51,22 @@ async fn scalar(c: &Client, sql: &str) -> String {
     String::new()
 }
 
+/// Prints `figure` only if the job into `sink` has read `rows_in` rows and not failed, else
+/// why there is no figure.
+async fn print_if_complete(c: &Client, sink: &str, rows_in: u64, figure: String) {
+    let r = c.query_one("SELECT status, CAST(rows_in AS BIGINT), error FROM sluice_jobs WHERE sink = $1", &[&sink]).await;
+    match r {
+        Ok(r) if r.get::<_, String>(0) != "FAILED" && r.get::<_, i64>(1) as u64 >= rows_in => println!("{figure}"),
+        Ok(r) => println!(
+            "not measured: job into {sink} is {} after reading {} of {rows_in} rows: {}",
+            r.get::<_, String>(0),
+            r.get::<_, i64>(1),
+            r.get::<_, Option<String>>(2).unwrap_or_default()
+        ),
+        Err(e) => println!("not measured: no job into {sink}: {e}"),
+    }
+}
+
 fn bid(i: u64) -> String {
     format!(
         r#"{{"auction": {}, "bidder": {}, "price": {}, "channel": "channel-{}", "url": "https://www.nexmark.com/item.htm?query=1&channel_id={}", "date_time": "2024-05-01 00:{:02}:{:02}", "extra": ""}}"#,
@@ -201,7 +217,8 @@ async fn kafka_bench(bin: &std::path::Path) {
     let t = Instant::now();
     c.batch_execute(&format!("INSERT INTO out {QUERY}; FLUSH;")).await.unwrap();
     let secs = t.elapsed().as_secs_f64();
-    println!("embedded: the same query over an embedded topic: {n} events in {secs:.2} s = {:.0} events/s", n as f64 / secs);
+    let figure = format!("embedded: the same query over an embedded topic: {n} events in {secs:.2} s = {:.0} events/s", n as f64 / secs);
+    print_if_complete(&c, "out", n, figure).await;
     drop(server);
 
     // The same query with Kafka as the topic backend: both tables' topics are Kafka topics
@@ -225,10 +242,11 @@ async fn kafka_bench(bin: &std::path::Path) {
     let t = Instant::now();
     c.batch_execute(&format!("INSERT INTO out {QUERY}; FLUSH;")).await.unwrap();
     let secs = t.elapsed().as_secs_f64();
-    println!(
+    let figure = format!(
         "kafka backend: the same query, Kafka topic -> filter/projection -> Kafka topic: {n} events in {secs:.2} s = {:.0} events/s",
         n as f64 / secs
     );
+    print_if_complete(&c, "out", n, figure).await;
     drop(server);
 }
 

@@ -53,6 +53,28 @@ fn tx_csv(from: u64, n: u64, customers: u64) -> String {
     s
 }
 
+/// Checks that the job writing `sink` ran to the end: not failed, and read at least
+/// `rows_in` rows; a figure is printed only then.
+async fn ran_to_end(c: &Client, sink: &str, rows_in: u64) -> Result<(), String> {
+    let r = c
+        .query_one("SELECT status, CAST(rows_in AS BIGINT), error FROM sluice_jobs WHERE sink = $1", &[&sink])
+        .await
+        .map_err(|e| format!("no job into {sink}: {e}"))?;
+    let (status, read, error): (String, i64, Option<String>) = (r.get(0), r.get(1), r.get(2));
+    if status == "FAILED" || (read as u64) < rows_in {
+        return Err(format!("job into {sink} is {status} after reading {read} of {rows_in} rows: {}", error.unwrap_or_default()));
+    }
+    Ok(())
+}
+
+/// Prints `figure` if the job into `sink` ran to the end, else why there is no figure.
+async fn print_if_complete(c: &Client, sink: &str, rows_in: u64, figure: String) {
+    match ran_to_end(c, sink, rows_in).await {
+        Ok(()) => println!("{figure}"),
+        Err(e) => println!("not measured: {e}"),
+    }
+}
+
 async fn copy_csv(c: &Client, table: &str, data: String) -> u64 {
     let sink = c.copy_in(&format!("COPY {table} FROM STDIN WITH (FORMAT csv)")).await.unwrap();
     futures::pin_mut!(sink);
@@ -163,11 +185,16 @@ fn main() {
         let secs = t.elapsed().as_secs_f64();
         let flush = tf.elapsed().as_secs_f64();
         let flagged = c.query_one("SELECT count(*) FROM fd_possible_stolen_card", &[]).await.unwrap().get::<_, i64>(0);
-        println!(
+        let figure = format!(
             "stolen-card pipeline (embedded topics, {customers} customers, {total} transactions): {:.0} transactions/s end to end, FLUSH returned after {flush:.1} s, {flagged} cards flagged, daemon peak RSS {:.0} MiB",
             total as f64 / secs,
             peak_rss_mib(server.pid())
         );
+        // The join read every customer and transaction, the window every joined row.
+        match ran_to_end(&c, "fd_transactions_enriched", total + customers).await {
+            Ok(()) => print_if_complete(&c, "fd_possible_stolen_card", total, figure).await,
+            Err(e) => println!("not measured: {e}"),
+        }
 
         // 3. datagen -> join + TUMBLE + SUM + HAVING -> blackhole.
         let gen_sql = format!(
@@ -189,7 +216,8 @@ fn main() {
         .unwrap();
         c.batch_execute("FLUSH").await.unwrap();
         let secs = t.elapsed().as_secs_f64();
-        println!("datagen -> TUMBLE + SUM + HAVING -> blackhole: {:.0} events/s ({total} events)", total as f64 / secs);
+        let figure = format!("datagen -> TUMBLE + SUM + HAVING -> blackhole: {:.0} events/s ({total} events)", total as f64 / secs);
+        print_if_complete(&c, "gen_out", total, figure).await;
         c.batch_execute("CREATE TABLE gen_join_out (window_start TIMESTAMP(3), window_end TIMESTAMP(3), user_id BIGINT, total DOUBLE, avg_spend DOUBLE) WITH ('connector' = 'blackhole')")
             .await
             .unwrap();
@@ -200,10 +228,11 @@ fn main() {
              GROUP BY window_start, window_end, user_id HAVING SUM(amount) > MAX(avg_credit_spend)",
         )
         .await
-        .unwrap_or_else(|e| println!("datagen join + window: not run: {e}"));
+        .unwrap();
         c.batch_execute("FLUSH").await.unwrap();
         let secs = t.elapsed().as_secs_f64();
-        println!("datagen -> join + TUMBLE + SUM + HAVING -> blackhole: {:.0} events/s ({total} events)", total as f64 / secs);
+        let figure = format!("datagen -> join + TUMBLE + SUM + HAVING -> blackhole: {:.0} events/s ({total} events)", total as f64 / secs);
+        print_if_complete(&c, "gen_join_out", total + customers, figure).await;
         // 4. datagen -> non-windowed GROUP BY (an updating result) -> blackhole.
         c.batch_execute("CREATE TABLE gen_group_out (user_id BIGINT, total DOUBLE, n BIGINT, PRIMARY KEY (user_id) NOT ENFORCED) WITH ('connector' = 'blackhole')")
             .await
@@ -212,7 +241,9 @@ fn main() {
         c.batch_execute("INSERT INTO gen_group_out SELECT user_id, SUM(amount), COUNT(*) FROM gen_tx GROUP BY user_id").await.unwrap();
         c.batch_execute("FLUSH").await.unwrap();
         let secs = t.elapsed().as_secs_f64();
-        println!("datagen -> GROUP BY user_id ({customers} groups, updating) -> blackhole: {:.0} events/s ({total} events)", total as f64 / secs);
+        let figure =
+            format!("datagen -> GROUP BY user_id ({customers} groups, updating) -> blackhole: {:.0} events/s ({total} events)", total as f64 / secs);
+        print_if_complete(&c, "gen_group_out", total, figure).await;
         println!("daemon peak RSS after all runs: {:.0} MiB", peak_rss_mib(server.pid()));
     });
     drop(server);

@@ -775,6 +775,11 @@ pub fn jobs_schema() -> SchemaRef {
         // Output rows with NULL in a NOT NULL column of the sink, dropped or dead-lettered.
         Field::new("null_rows", DataType::UInt64, false),
         Field::new("checkpoints", DataType::UInt64, false),
+        // Entries in operator state (join rows, groups), and their bytes in the store, at the
+        // last checkpoint; the state TTL ('table.exec.state.ttl', "0 ms" for none).
+        Field::new("state_rows", DataType::UInt64, false),
+        Field::new("state_bytes", DataType::UInt64, false),
+        Field::new("state_ttl", DataType::Utf8, false),
         Field::new("error", DataType::Utf8, true),
         Field::new("query", DataType::Utf8, false),
     ]))

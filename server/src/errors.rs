@@ -124,6 +124,7 @@ impl From<ExecError> for SqlError {
             ExecError::StateMismatch(m) | ExecError::JobsFailed(m) => SqlError::new("55000", m),
             ExecError::FlushTimeout(m) => SqlError::new("57014", m),
             ExecError::NotNull(m) => SqlError::new("23502", m),
+            ExecError::ValueTooLong(m) => SqlError::new("22001", m),
             other => {
                 let m = other.to_string();
                 SqlError::new(internal_or_disk_full(&m), m)
@@ -149,7 +150,7 @@ impl From<sluice_catalog::CatalogError> for SqlError {
             C::AlreadyExists { .. } => "42P07",
             C::NotFound { .. } => "42P01",
             C::InUse(_) => "2BP01",
-            C::ValueTooLong(_) => "22001",
+            C::ValueTooLong { .. } => "22001",
             C::InvalidOption(_) => "22023",
             _ => internal_or_disk_full(&e.to_string()),
         };

@@ -3,10 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
-use sluice_catalog::enforcer::SESSION_OPTION;
-use sluice_catalog::{JobDef, JobState, NotNullEnforcer};
+use sluice_catalog::enforcer::{LENGTH_SESSION_OPTION, SESSION_OPTION};
+use sluice_catalog::state_ttl::{self, format_ttl, ttl_for_sink};
+use sluice_catalog::{JobDef, JobState, NotNullEnforcer, TypeLengthEnforcer};
 use sluice_connectors::options::{External, TableConnector};
 use sluice_planner::stream::plan_dataflow;
 use sluice_planner::{parse_statement, streaming_logical_plan, SluiceStatement};
@@ -30,12 +32,15 @@ impl Engine {
         Ok(plan_dataflow(&self.ctx, &Lookup(&tables), &plan, &sink.def, &columns)?)
     }
 
-    /// Starts a persistent query, with the NOT NULL enforcer of its sink's option or else of
-    /// the session ([`NotNullEnforcer::for_sink`]), stored with the job.
+    /// Starts a persistent query, with the NOT NULL and length enforcers of its sink's options
+    /// or else of the session ([`NotNullEnforcer::for_sink`], [`TypeLengthEnforcer::for_sink`]),
+    /// stored with the job.
     pub(crate) async fn create_job(self: &Arc<Self>, ins: Insert, sql: &str, session: &Session) -> SqlResult<Output> {
         let _g = self.ddl.lock().await;
         let plan = self.plan_job(&ins).await?;
         let enforcer = NotNullEnforcer::for_sink(&plan.sink.options, session.option(SESSION_OPTION).as_deref())?;
+        let lengths = TypeLengthEnforcer::for_sink(&plan.sink.options, session.option(LENGTH_SESSION_OPTION).as_deref())?;
+        let ttl = ttl_for_sink(&plan.sink.options, session.option(state_ttl::SESSION_OPTION).as_deref())?;
         if enforcer == NotNullEnforcer::Log {
             self.ensure_dead_letter_table(&plan.sink.name).await?;
         }
@@ -50,8 +55,12 @@ impl Engine {
             error: None,
             seq: self.store.next_counter("job")?,
             not_null_enforcer: enforcer,
+            type_length_enforcer: lengths,
+            state_ttl_ms: ttl.map(|d| d.as_millis() as u64),
         };
-        let nulls = self.null_policy(&job)?;
+        let mut plan = plan;
+        plan.state_ttl = ttl;
+        let nulls = self.sink_policy(&job)?;
         self.store.put_job(&job)?;
         let plan_sink = plan.sink.name.clone();
         self.runtime.start_with(&id, plan, nulls)?;
@@ -74,8 +83,9 @@ impl Engine {
         let Statement::Insert(ins) = *stmt else {
             return Err(SqlError::new("XX000", "stored job is not an INSERT"));
         };
-        let plan = self.plan_job(&ins).await?;
-        self.runtime.start_with(&job.id, plan, self.null_policy(job)?)?;
+        let mut plan = self.plan_job(&ins).await?;
+        plan.state_ttl = job.state_ttl_ms.map(Duration::from_millis);
+        self.runtime.start_with(&job.id, plan, self.sink_policy(job)?)?;
         Ok(())
     }
 
@@ -168,6 +178,7 @@ impl Engine {
         let mut states = Vec::new();
         let mut sinks = Vec::new();
         let (mut rin, mut rout, mut late, mut nulls, mut ckpt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut state_rows, mut state_bytes, mut ttls) = (Vec::new(), Vec::new(), Vec::new());
         let mut errors = Vec::new();
         let mut sqls = Vec::new();
         use std::sync::atomic::Ordering::Relaxed;
@@ -190,6 +201,9 @@ impl Engine {
             late.push(st.as_ref().map(|s| s.late_rows.load(Relaxed)).unwrap_or(0));
             nulls.push(st.as_ref().map(|s| s.null_rows.load(Relaxed)).unwrap_or(0));
             ckpt.push(st.as_ref().map(|s| s.checkpoints.load(Relaxed)).unwrap_or(0));
+            state_rows.push(st.as_ref().map(|s| s.state_rows.load(Relaxed)).unwrap_or(0));
+            state_bytes.push(st.as_ref().map(|s| s.state_bytes.load(Relaxed)).unwrap_or(0));
+            ttls.push(format_ttl(j.state_ttl_ms.map(Duration::from_millis)));
             let run_error = st.as_ref().and_then(|s| s.error.lock().unwrap().clone());
             errors.push(if j.state == JobState::Failed { j.error.clone().or(run_error) } else { run_error.or(j.error.clone()) });
             sqls.push(j.sql.clone());
@@ -204,6 +218,9 @@ impl Engine {
             Arc::new(UInt64Array::from(late)),
             Arc::new(UInt64Array::from(nulls)),
             Arc::new(UInt64Array::from(ckpt)),
+            Arc::new(UInt64Array::from(state_rows)),
+            Arc::new(UInt64Array::from(state_bytes)),
+            Arc::new(StringArray::from(ttls)),
             Arc::new(StringArray::from(errors)),
             Arc::new(StringArray::from(sqls)),
         ];

@@ -8,8 +8,8 @@
 //! - [`handler`]: the pgwire front end (simple and extended protocols, COPY).
 //! - [`session`]: per-connection state: the `BEGIN` block and what it changed, a COPY in progress,
 //!   `SET 'key' = 'value'` options.
-//! - [`sink_nulls`]: the NOT NULL enforcer of jobs' sinks (`table.exec.sink.not-null-enforcer`),
-//!   `RESUME JOB ... WITH (...)`, dead-letter tables.
+//! - [`sink_nulls`]: the enforcers of jobs' sinks (`table.exec.sink.not-null-enforcer`,
+//!   `table.exec.sink.type-length-enforcer`), `RESUME JOB ... WITH (...)`, dead-letter tables.
 //! - [`params`]: bound parameters of the extended protocol, checked and decoded.
 //! - [`copy`]: parsing of `COPY FROM STDIN` data, as it arrives.
 //! - [`errors`]: the error type and its SQLSTATE codes.

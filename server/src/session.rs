@@ -1,8 +1,8 @@
 //! Per-connection state: the transaction block a client opened with `BEGIN`, the
 //! `COPY FROM STDIN` in progress, and the session options set with Flink SQL client's
 //! `SET 'key' = 'value'` (read when a statement needs them, as `INSERT INTO ... SELECT` reads
-//! `table.exec.sink.not-null-enforcer`). It lives in pgwire's session extensions, so it goes away with
-//! the connection.
+//! `table.exec.sink.not-null-enforcer` and `table.exec.sink.type-length-enforcer`). It lives in
+//! pgwire's session extensions, so it goes away with the connection.
 //!
 //! Sluice has no multi-statement transactions: every statement is committed when it runs (an
 //! `INSERT`, `UPDATE`, `DELETE` or `COPY` is one atomic append to its table's topic). `BEGIN`
