@@ -25,19 +25,22 @@ pub const POINTS: &[&str] = &[
     "checkpoint::before_dead_letters",
     // connectors/src/log.rs: the embedded log's atomic write of rows + checkpoint.
     "log::before_write",
-    // connectors/src/kafka_log.rs: after the write-ahead entry, between produce and
-    // acknowledgement, and before the entry is deleted.
+    // connectors/src/kafka_log/: after the write-ahead entry (mod.rs), between produce and
+    // acknowledgement (produce.rs), and before the entry is deleted (mod.rs).
     "kafka_log::after_wal",
     "kafka_log::before_ack",
     "kafka_log::after_ack",
     // connectors/src/mongo.rs: between a bulk write and its stored position.
     "mongo::after_bulk_write",
-    // connectors/src/kafka.rs: between a Kafka sink's produce (or transaction commit) and its
+    // connectors/src/kafka/sink.rs: between a Kafka sink's produce (or transaction commit) and its
     // stored position.
     "kafka_sink::after_produce",
     // connectors/src/cdc/: between a CDC append and the LSN confirmation, inside the initial
     // snapshot of a table, and after a piece of a large transaction.
     "cdc::after_append",
+    // connectors/src/cdc/stream.rs: after each route's (captured table's) append of a batch of
+    // committed transactions, so that the routes of one connector are left at different LSNs.
+    "cdc::between_routes",
     "cdc::snapshot_chunk",
     "cdc::after_piece",
 ];

@@ -189,6 +189,12 @@ impl CdcSource {
                     }
                     EventType::Commit { end_lsn, commit_timestamp, .. } => {
                         in_txn = false;
+                        // A route whose stored position is at or past this transaction holds
+                        // it already: the stream restarts at the lowest position of all routes,
+                        // so the others see it again. Decided per transaction, not per batch
+                        // (a batch may hold such a transaction and newer ones).
+                        let end = end_lsn.value();
+                        txn.retain(|(i, _, _)| !positions[*i].is_some_and(|p| p.lsn >= end));
                         ready.append(&mut txn);
                         ready_lsn = end_lsn.value();
                         ready_commit_ts = Some(commit_timestamp);
@@ -256,6 +262,7 @@ impl CdcSource {
             r.target.append(batches, None, vec![(r.position_key.clone(), at.encode())])?;
             positions[i] = Some(at);
             status.rows.fetch_add(n as u64, Ordering::Relaxed);
+            sluice_catalog::failpoint::check("cdc::between_routes").map_err(CdcError::Fatal)?;
         }
         ready.clear();
         Ok(())
