@@ -180,3 +180,57 @@ async fn a_source_recreated_with_the_same_columns_is_refused() {
     )
     .await;
 }
+
+/// `(state_ttl, state_rows)` of the job `id`.
+async fn ttl_row(c: &Client, id: &str) -> (String, String) {
+    let r = rows(c, &format!("SELECT state_ttl, CAST(state_rows AS STRING) FROM sluice_jobs WHERE job_id = '{id}'")).await;
+    (r[0][0].clone().unwrap(), r[0][1].clone().unwrap())
+}
+
+/// A job's state TTL (`SET 'table.exec.state.ttl'`) is stored with it and survives a restart;
+/// `RESUME JOB ... WITH ('table.exec.state.ttl' = ...)` changes it, refusing a bad value; the
+/// groups restored from the checkpoint then expire under the new TTL (their write times were
+/// checkpointed), and an expired group starts again from its next row, while the batch query
+/// over all of `tx` still counts every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_ttl_is_stored_with_the_job_and_changed_by_resume() {
+    let dir = temp_dir("restore-ttl");
+    let mut server = common::start(&dir);
+    let c = connect(server.port()).await;
+    exec(&c, "SET 'table.exec.state.ttl' = '1 h'").await;
+    let id = create_pipeline(&c).await;
+    exec(&c, &format!("INSERT INTO tx VALUES {}", tx_values(0, 130))).await;
+    exec(&c, "FLUSH").await;
+    assert_eq!(ttl_row(&c, &id).await, ("1 h".to_string(), "13".to_string()));
+    drop(c);
+    server.restart(false).expect("graceful restart");
+    let c = connect(server.port()).await;
+    assert_eq!(ttl_row(&c, &id).await.0, "1 h");
+    exec(&c, &format!("STOP JOB '{id}'")).await;
+    let (code, msg) = error_of(&c, &format!("RESUME JOB '{id}' WITH ('table.exec.state.ttl' = 'never')")).await;
+    assert_eq!(code, "22023", "{msg}");
+    assert!(msg.contains("table.exec.state.ttl"), "{msg}");
+    exec(&c, &format!("RESUME JOB '{id}' WITH ('table.exec.state.ttl' = '2 s')")).await;
+    assert_eq!(ttl_row(&c, &id).await.0, "2 s");
+    // The 13 groups expire: the job checkpoints while idle and drops them.
+    let mut state = ttl_row(&c, &id).await;
+    for _ in 0..300 {
+        if state.1 == "0" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        state = ttl_row(&c, &id).await;
+    }
+    assert_eq!(state, ("2 s".to_string(), "0".to_string()));
+    // User 0 starts again from its new row; the other users keep their last results.
+    exec(&c, "INSERT INTO tx VALUES (0, 5)").await;
+    exec(&c, "FLUSH").await;
+    assert_eq!(rows(&c, "SELECT total, n FROM spend WHERE user_id = 0").await, vec![vec![Some("5".to_string()), Some("1".to_string())]]);
+    assert_eq!(rows(&c, "SELECT COUNT(*) FROM tx WHERE user_id = 0").await, vec![vec![Some("11".to_string())]]);
+    assert_eq!(
+        rows(&c, "SELECT * FROM spend WHERE user_id <> 0").await,
+        rows(&c, "SELECT user_id, SUM(amount), COUNT(*) FROM tx WHERE user_id <> 0 GROUP BY user_id").await
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
