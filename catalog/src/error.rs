@@ -30,6 +30,9 @@ pub enum CatalogError {
     /// RocksDB failed (I/O, corruption, lock held by another process).
     #[error("storage error: {0}")]
     Storage(#[from] rocksdb::Error),
+    /// The data directory is held by another daemon (RocksDB's lock file).
+    #[error("{0}")]
+    Locked(String),
     /// A stored record could not be decoded.
     #[error("corrupt catalog record: {0}")]
     Corrupt(String),

@@ -15,6 +15,8 @@
 //!   rule and `CHAR(n)` blank-padding for client writes, the length enforcer for jobs' output.
 //! - [`state_ttl`]: how long a job keeps state for keys it no longer sees (Flink's
 //!   `table.exec.state.ttl`).
+//! - [`role`]: roles (users): attributes, password verifiers (never a password), table
+//!   privileges.
 //! - [`failpoint`]: crash injection at commit boundaries (the `fail` crate).
 //! - [`error`]: the crate's error type.
 
@@ -24,6 +26,7 @@ pub mod enforcer;
 pub mod error;
 pub mod failpoint;
 pub mod lengths;
+pub mod role;
 pub mod state_ttl;
 pub mod store;
 pub mod table;
@@ -31,5 +34,6 @@ pub mod table;
 pub use change::{ChangeBatch, Op, OP_COLUMN};
 pub use enforcer::{NotNullEnforcer, TypeLengthEnforcer};
 pub use error::{CatalogError, Result};
+pub use role::{Privilege, RoleDef};
 pub use store::Store;
 pub use table::{redact_options, redact_text, ColumnDef, ConnectorDef, JobDef, JobState, TableDef, WatermarkDef};

@@ -62,7 +62,17 @@ impl Store {
                 o.set_bottommost_compression_type(rocksdb::DBCompressionType::Lz4);
                 ColumnFamilyDescriptor::new(n, o)
             });
-        let db = DB::open_cf_descriptors(&opts, dir.join("rocksdb"), cfs)?;
+        let db = DB::open_cf_descriptors(&opts, dir.join("rocksdb"), cfs).map_err(|e| {
+            // RocksDB's "IO error: While lock file: .../LOCK: Resource temporarily unavailable".
+            if e.to_string().contains("lock file") {
+                CatalogError::Locked(format!(
+                    "the data directory {} is in use by another sluice daemon (its lock file rocksdb/LOCK is held); stop that daemon or give another --data-dir",
+                    dir.display()
+                ))
+            } else {
+                CatalogError::from(e)
+            }
+        })?;
         Ok(Store { db: Arc::new(db) })
     }
 

@@ -5,7 +5,7 @@ Creates customers, then sends credit-card transactions at a chosen rate (1/s by 
 the lab's creditcard_send.py). Some cards are "stolen": their transactions are far above the
 customer's average spend, so they show up in fd_possible_stolen_card once a 2-hour window
 closes. Event time advances one simulated minute per transaction (--minutes-per-tx), so windows
-close while you watch.
+close while you watch; run again, it continues from the latest transaction in the table.
 
     python3 examples/stolen-cards/feeder.py                      # 1 transaction/s, forever
     python3 examples/stolen-cards/feeder.py --rate 0 --count 100000   # bulk, as fast as possible
@@ -44,7 +44,14 @@ def main() -> None:
         )
         print(f"created {a.customers} customers")
         stolen = {rnd.randint(1, a.customers) for _ in range(max(1, a.customers // 20))}
-        t0 = datetime.datetime(2024, 5, 1, 0, 0, 0)
+        # Event time goes on from the latest transaction already sent (a second run continues
+        # where the first stopped, instead of sending only late rows), else from 2024-05-01.
+        latest = conn.execute("SELECT max(transaction_timestamp) FROM credit_card_transactions").fetchone()[0]
+        if latest:
+            t0 = datetime.datetime.strptime(latest, "%Y-%m-%d %H:%M:%S") + datetime.timedelta(minutes=a.minutes_per_tx)
+            print(f"continuing event time from {t0}")
+        else:
+            t0 = datetime.datetime(2024, 5, 1, 0, 0, 0)
         sent = 0
         pending = []
         while a.count == 0 or sent < a.count:

@@ -26,7 +26,6 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arrow::array::{RecordBatch, UInt32Array};
@@ -47,6 +46,8 @@ use crate::rows::eval;
 use crate::sink_lengths::LengthCheck;
 use crate::sink_nulls::{self, NotNullCheck, SinkPolicy};
 use crate::state::job_prefix;
+use crate::status::JobStatus;
+use crate::subscribe::{ChannelSink, EpochOutput};
 
 /// Rows read from one partition per poll.
 const READ_ROWS: usize = 16_384;
@@ -54,62 +55,6 @@ const READ_ROWS: usize = 16_384;
 const EPOCH_INTERVAL: Duration = Duration::from_millis(200);
 /// Output rows that end an epoch early.
 const EPOCH_MAX_ROWS: usize = 200_000;
-
-/// Live status and counters of a job, shared with the server for `SHOW JOBS` and `FLUSH`.
-#[derive(Debug)]
-pub struct JobStatus {
-    /// Job id.
-    pub id: String,
-    /// The table written.
-    pub sink: String,
-    /// Rows read from sources.
-    pub rows_in: AtomicU64,
-    /// Rows written to the sink (committed).
-    pub rows_out: AtomicU64,
-    /// Rows dropped because they arrived behind the watermark.
-    pub late_rows: Arc<AtomicU64>,
-    /// Output rows with NULL in a NOT NULL column of the sink, left out (`DROP`) or written to
-    /// the dead-letter table (`LOG`), in committed epochs ([`crate::sink_nulls`]).
-    pub null_rows: AtomicU64,
-    /// Completed checkpoints.
-    pub checkpoints: AtomicU64,
-    /// Entries in the job's operator state (join rows, groups) at the last checkpoint.
-    pub state_rows: AtomicU64,
-    /// Bytes of the job's operator state in the store at the last checkpoint.
-    pub state_bytes: AtomicU64,
-    /// Set when the job failed; the job thread has ended.
-    pub error: Mutex<Option<String>>,
-    /// Committed positions: `(topic, partition) -> offset`, for `FLUSH`. Unbounded generators
-    /// are not listed.
-    pub committed: Mutex<HashMap<(String, u32), u64>>,
-    /// Bounded generators not yet exhausted.
-    pub pending_generators: AtomicU64,
-    stop: AtomicBool,
-    running: AtomicBool,
-    /// Set when every source was bounded and has ended: the job committed its last epoch.
-    finished: AtomicBool,
-    handle: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl JobStatus {
-    /// `RUNNING`, `FAILED`, `FINISHED` (every source bounded and ended) or `STOPPED`.
-    pub fn state(&self) -> &'static str {
-        if self.error.lock().unwrap().is_some() {
-            "FAILED"
-        } else if self.running.load(Ordering::Relaxed) {
-            "RUNNING"
-        } else if self.finished.load(Ordering::Relaxed) {
-            "FINISHED"
-        } else {
-            "STOPPED"
-        }
-    }
-
-    /// True while the job thread runs.
-    pub fn is_running(&self) -> bool {
-        self.running.load(Ordering::Relaxed)
-    }
-}
 
 /// Version of the encodings of operator state and checkpoint metadata. Bump it whenever an
 /// operator's state encoding changes: a restore refuses state of another version, except the
@@ -164,6 +109,8 @@ struct SourceRt {
 enum SinkKind {
     Topic { partitions: u32, key: Vec<usize> },
     Blackhole,
+    /// A subscription's client ([`crate::subscribe`]): nothing is stored.
+    Channel(ChannelSink),
 }
 
 /// Starts, tracks and stops jobs.
@@ -193,6 +140,13 @@ impl JobRuntime {
     /// Errors: as [`JobRuntime::start`]; [`ExecError::Unsupported`] for `LOG` without a
     /// dead-letter topic.
     pub fn start_with(self: &Arc<Self>, id: &str, plan: DataflowPlan, nulls: SinkPolicy) -> Result<Arc<JobStatus>> {
+        self.start_inner(id, plan, nulls, None)
+    }
+
+    /// [`JobRuntime::start_with`], or with `channel` a subscription's dataflow: its output goes
+    /// to the channel, nothing of it is checkpointed, and it is not one of the runtime's jobs
+    /// (`SHOW JOBS`, `FLUSH` and [`JobRuntime::stop_all`] do not see it).
+    pub(crate) fn start_inner(self: &Arc<Self>, id: &str, plan: DataflowPlan, nulls: SinkPolicy, channel: Option<ChannelSink>) -> Result<Arc<JobStatus>> {
         if nulls.not_null == NotNullEnforcer::Log && nulls.dead_letter_topic.is_none() {
             return Err(ExecError::Unsupported(format!("job {id}: 'LOG' needs the dead-letter table of {}", plan.sink.name)));
         }
@@ -235,15 +189,17 @@ impl JobRuntime {
             }
             sources.push(rt);
         }
-        let sink = match parse_table_options(&plan.sink.options)? {
-            TableConnector::Blackhole => SinkKind::Blackhole,
-            TableConnector::Topic { .. } => {
+        let subscription = channel.is_some();
+        let sink = match (channel, parse_table_options(&plan.sink.options)?) {
+            (Some(c), _) => SinkKind::Channel(c),
+            (None, TableConnector::Blackhole) => SinkKind::Blackhole,
+            (None, TableConnector::Topic { .. }) => {
                 let schema = &plan.sink_schema;
                 let key = plan.sink.primary_key.iter().filter_map(|k| schema.index_of(k).ok()).collect::<Vec<_>>();
                 let key = if key.is_empty() { (0..schema.fields().len()).collect() } else { key };
                 SinkKind::Topic { partitions: self.log.partitions(plan.sink.topic())?, key }
             }
-            TableConnector::Datagen(_) => {
+            (None, TableConnector::Datagen(_)) => {
                 return Err(ExecError::Unsupported(format!("cannot write into datagen table {}", plan.sink.name)))
             }
         };
@@ -313,7 +269,9 @@ impl JobRuntime {
             })
             .map_err(|e| ExecError::Unsupported(format!("cannot start job thread: {e}")))?;
         *status.handle.lock().unwrap() = Some(handle);
-        self.jobs.lock().unwrap().insert(id.to_string(), status.clone());
+        if !subscription {
+            self.jobs.lock().unwrap().insert(id.to_string(), status.clone());
+        }
         Ok(status)
     }
 
@@ -722,6 +680,29 @@ impl RunningJob {
                 let mut wb = WriteBatch::default();
                 let r = fill(&mut wb).and_then(|()| Ok(self.store.write(wb)?));
                 self.pending.clear();
+                r
+            }
+            SinkKind::Channel(channel) => {
+                // The state is built (operators expire and compact at checkpoints) but not
+                // written: a subscription is never restored.
+                let mut wb = WriteBatch::default();
+                let r = fill(&mut wb);
+                if r.is_ok() {
+                    let positions = self
+                        .sources
+                        .iter()
+                        .filter_map(|s| match &s.kind {
+                            SourceKind::Topic { topic } => Some((topic, &s.positions)),
+                            SourceKind::Datagen { .. } => None,
+                        })
+                        .flat_map(|(t, ps)| ps.iter().enumerate().map(move |(p, o)| ((t.clone(), p as u32), *o)))
+                        .collect();
+                    let out = EpochOutput { epoch: self.epoch, batches: std::mem::take(&mut self.pending), positions };
+                    if !channel.deliver(out, &self.status.stop) {
+                        // The subscriber is gone: end the dataflow.
+                        self.status.stop.store(true, Ordering::Relaxed);
+                    }
+                }
                 r
             }
         };

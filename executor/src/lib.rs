@@ -29,9 +29,13 @@ pub mod sink_lengths;
 pub mod sink_nulls;
 pub mod source;
 pub mod state;
+pub mod status;
+pub mod subscribe;
 pub mod window_agg;
 
 pub use error::{ExecError, Result};
-pub use job::{JobRuntime, JobStatus};
+pub use job::JobRuntime;
+pub use status::JobStatus;
+pub use subscribe::{EpochOutput, Subscription};
 pub use materialize::MaterializedTable;
 pub use sink_nulls::SinkPolicy;

@@ -6,6 +6,7 @@
 //! - [`rewrite`]: window TVFs (`TUMBLE`, `HOP`) rewritten to relational SQL.
 //! - [`functions`]: the scalar functions Sluice adds to DataFusion.
 //! - [`stream`]: a DataFusion `LogicalPlan` translated into a streaming dataflow.
+//! - [`subscribe`]: Materialize's `SUBSCRIBE` statement (live results).
 //! - [`tokens`]: the token cursor the hand-written parsers share.
 
 pub mod ddl;
@@ -14,6 +15,7 @@ pub mod functions;
 pub mod rewrite;
 pub mod statement;
 pub mod stream;
+pub mod subscribe;
 pub mod tokens;
 
 use datafusion::common::DFSchema;

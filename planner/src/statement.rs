@@ -6,7 +6,7 @@
 //! `CREATE TABLE` (see [`crate::ddl`]), `SHOW TABLES`, `SHOW JOBS`, `STOP JOB '<id>'`,
 //! `RESUME JOB '<id>' [WITH ('key' = 'value', ...)]`, the SQL client's `SET 'key' = 'value'` and
 //! `RESET ['key']`, `DESCRIBE t` / `DESC t`, `SHOW CREATE TABLE t`, `DROP TABLE [IF EXISTS] t`, `EXPLAIN <stmt>`,
-//! and RisingWave's `FLUSH`; for connectors, ksqlDB's `CREATE SOURCE CONNECTOR` / `CREATE SINK
+//! RisingWave's `FLUSH`, Materialize's `SUBSCRIBE` (see [`crate::subscribe`]); for connectors, ksqlDB's `CREATE SOURCE CONNECTOR` / `CREATE SINK
 //! CONNECTOR [IF NOT EXISTS] name WITH (...)`, `SHOW CONNECTORS` (or `LIST CONNECTORS`),
 //! `DESCRIBE CONNECTOR name` and `DROP CONNECTOR [IF EXISTS] name`.
 
@@ -88,6 +88,8 @@ pub enum SluiceStatement {
     },
     /// `EXPLAIN <statement>`: the inner statement's text.
     Explain(String),
+    /// `SUBSCRIBE ...` (see [`crate::subscribe`]).
+    Subscribe(crate::subscribe::Subscribe),
     /// Any other statement, parsed by sqlparser (window TVFs already rewritten).
     Sql(Box<Statement>),
 }
@@ -202,6 +204,9 @@ pub fn parse_statement(sql: &str) -> Result<SluiceStatement> {
         let options = if c.eat_kw("WITH") { parse_with_options(&mut c)? } else { BTreeMap::new() };
         return end(&c, SluiceStatement::ResumeJob { id, options });
     }
+    if let Some((key, value)) = unquoted_flink_set(&c) {
+        return Ok(SluiceStatement::SetOption { key, value });
+    }
     if c.peek_kw("SET") && matches!(c.peek_n(1), Token::SingleQuotedString(_)) {
         c.next();
         let key = c.string()?.to_lowercase();
@@ -216,6 +221,10 @@ pub fn parse_statement(sql: &str) -> Result<SluiceStatement> {
     }
     if c.eat_kw("FLUSH") {
         return end(&c, SluiceStatement::Flush);
+    }
+    if c.eat_kw("SUBSCRIBE") {
+        let s = crate::subscribe::parse_subscribe(&mut c)?;
+        return end(&c, SluiceStatement::Subscribe(s));
     }
     if c.eat_kws(&["DROP", "TABLE"]) {
         let if_exists = c.eat_kws(&["IF", "EXISTS"]);
@@ -242,6 +251,68 @@ pub fn parse_statement(sql: &str) -> Result<SluiceStatement> {
         0 => Err(PlanError::Syntax("empty statement".into())),
         _ => Err(PlanError::Syntax("one statement at a time".into())),
     }
+}
+
+/// The first part of the keys of Flink's configuration (and Sluice's own), which the Flink SQL
+/// client also takes unquoted: `SET table.exec.state.ttl = 1 h`.
+const FLINK_KEY_NAMESPACES: &[&str] = &[
+    "table", "execution", "sql-client", "pipeline", "parallelism", "state", "restart-strategy", "taskmanager", "jobmanager", "python", "sluice",
+];
+
+/// Flink SQL client's `SET key = value` without quotes (`SET table.exec.state.ttl = 1 h`,
+/// `SET 'key' = value`), for keys in [`FLINK_KEY_NAMESPACES`]: the key (lower-cased) and the
+/// value. Other unquoted `SET`s are PostgreSQL's (`SET search_path = public`, a custom
+/// `myapp.user = 'x'`) and go to sqlparser.
+fn unquoted_flink_set(c: &Cursor) -> Option<(String, String)> {
+    if !c.peek_kw("SET") {
+        return None;
+    }
+    let mut key = String::new();
+    let mut i = 1;
+    loop {
+        match c.peek_n(i) {
+            Token::Word(w) if w.quote_style.is_none() => key.push_str(&w.value),
+            Token::SingleQuotedString(s) if i == 1 => key.push_str(s),
+            Token::Period => key.push('.'),
+            Token::Minus => key.push('-'),
+            Token::Number(n, _) => key.push_str(n),
+            Token::Eq => break,
+            _ => return None,
+        }
+        i += 1;
+    }
+    let key = key.to_lowercase();
+    let first = key.split('.').next().unwrap_or("");
+    if !key.contains('.') || !FLINK_KEY_NAMESPACES.contains(&first) {
+        return None;
+    }
+    let mut parts: Vec<String> = Vec::new();
+    let mut j = i + 1;
+    loop {
+        match c.peek_n(j) {
+            Token::EOF | Token::SemiColon => break,
+            Token::SingleQuotedString(s) => parts.push(s.clone()),
+            Token::Word(w) => parts.push(w.value.clone()),
+            Token::Number(n, _) => parts.push(n.clone()),
+            Token::Period => parts.push(".".into()),
+            Token::Minus => parts.push("-".into()),
+            _ => return None,
+        }
+        j += 1;
+    }
+    if parts.is_empty() || matches!(c.peek_n(j), Token::SemiColon) && !matches!(c.peek_n(j + 1), Token::EOF) {
+        return None;
+    }
+    // `1 h` keeps its space; `a.b` and `x-y` do not get any.
+    let mut value = String::new();
+    for p in parts {
+        let glue = !value.is_empty() && p != "." && p != "-" && !value.ends_with('.') && !value.ends_with('-');
+        if glue {
+            value.push(' ');
+        }
+        value.push_str(&p);
+    }
+    Some((key, value))
 }
 
 fn end(c: &Cursor, s: SluiceStatement) -> Result<SluiceStatement> {
@@ -275,5 +346,17 @@ mod tests {
         assert_eq!(options.get("table.exec.sink.not-null-enforcer").map(String::as_str), Some("LOG"));
         assert!(matches!(parse_statement("RESUME JOB 'abc'").unwrap(), SluiceStatement::ResumeJob { options, .. } if options.is_empty()));
         assert!(matches!(parse_statement("SET 'a' 'b'"), Err(PlanError::Syntax(_))));
+        // Flink's SQL client also takes keys and values unquoted.
+        for (sql, k, v) in [
+            ("SET table.exec.state.ttl = 1 h", "table.exec.state.ttl", "1 h"),
+            ("SET table.exec.sink.not-null-enforcer=DROP;", "table.exec.sink.not-null-enforcer", "DROP"),
+            ("SET 'sql-client.execution.result-mode' = tableau", "sql-client.execution.result-mode", "tableau"),
+            ("SET execution.runtime-mode = 'streaming'", "execution.runtime-mode", "streaming"),
+        ] {
+            let SluiceStatement::SetOption { key, value } = parse_statement(sql).unwrap() else { panic!("{sql}: not a SetOption") };
+            assert_eq!((key.as_str(), value.as_str()), (k, v), "{sql}");
+        }
+        assert!(matches!(parse_statement("SET myapp.user_id = 'x'").unwrap(), SluiceStatement::Sql(_)));
+        assert!(matches!(parse_statement("SET search_path = public").unwrap(), SluiceStatement::Sql(_)));
     }
 }

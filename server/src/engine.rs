@@ -53,6 +53,12 @@ pub enum Output {
     },
     /// `COPY FROM STDIN`: the server now expects copy data for this target.
     CopyIn(CopyInTarget),
+    /// `COPY ... TO STDOUT`: rows to send as copy data ([`crate::copy_out`]).
+    CopyOut(crate::copy_out::CopyOut),
+    /// Rows sent as they are produced: a batch `SELECT`, a cursor's `FETCH` ([`crate::streaming`]).
+    Stream(crate::streaming::RowStream),
+    /// `SUBSCRIBE`: rows sent as they commit ([`crate::subscribe`]).
+    Live(Box<crate::subscribe::LiveResult>),
 }
 
 /// The target of a `COPY FROM STDIN` in progress.
@@ -194,8 +200,10 @@ impl Engine {
             None => Arc::new(EmbeddedLog::open(store.clone())?),
         };
         let runtime = JobRuntime::new(store.clone(), log.clone());
+        let ctx = sluice_planner::session_context();
+        crate::pg_functions::register(&ctx);
         let engine = Arc::new(Engine {
-            ctx: sluice_planner::session_context(),
+            ctx,
             store: store.clone(),
             log,
             runtime,
@@ -211,6 +219,7 @@ impl Engine {
             TableReference::bare("sluice_jobs"),
             Arc::new(crate::provider::JobsTable { engine: Arc::downgrade(&engine), schema: jobs_schema() }),
         )?;
+        crate::pg_catalog::register(&engine)?;
         for def in store.tables()? {
             let (def, connector) = resolve_table(&engine.ctx, def)?;
             engine.register(def, connector)?;
@@ -293,14 +302,30 @@ impl Engine {
     /// Runs one statement for a client's session: `SET 'key' = 'value'` and `RESET` change
     /// its options, and a persistent query takes the ones it needs from it.
     pub async fn execute_for(self: &Arc<Self>, session: &Session, sql: &str, params: Option<ParamValues>) -> SqlResult<Output> {
+        // Role statements (which may hold a password) never reach the planner; every other
+        // statement is checked against the session's privileges (`crate::auth`).
+        if let Some(out) = crate::auth::role_statement(self, session, sql)? {
+            return Ok(out);
+        }
         // A large INSERT ... VALUES is parsed in pieces (see `values::split_values`).
         let large = sql.len() >= crate::values::LARGE_STATEMENT_BYTES;
         if large && params.as_ref().is_none_or(|p| matches!(p, ParamValues::List(l) if l.is_empty())) {
             if let Some(pieces) = crate::values::split_values(sql) {
+                if let (Some(first), Some(_)) = (pieces.first(), session.role.get()) {
+                    crate::auth::authorize(self, session, &parse_statement(first)?)?;
+                }
                 return self.insert_pieces(&pieces).await;
             }
         }
-        match parse_statement(sql)? {
+        if let Some(c) = crate::cursors::parse(sql)? {
+            if let crate::cursors::CursorStatement::Declare { query, .. } = &c {
+                crate::auth::authorize(self, session, &parse_statement(query)?)?;
+            }
+            return crate::cursors::execute(self, session, c, params).await;
+        }
+        let stmt = parse_statement(sql)?;
+        crate::auth::authorize(self, session, &stmt)?;
+        match stmt {
             SluiceStatement::CreateTable(ct) => self.create_table(ct.def, ct.if_not_exists).await,
             SluiceStatement::ShowTables => self.show_tables(),
             SluiceStatement::ShowJobs => self.show_jobs(),
@@ -344,18 +369,18 @@ impl Engine {
             }
             SluiceStatement::DropTable { name, if_exists } => self.drop_table(&name, if_exists).await,
             SluiceStatement::Explain(inner) => self.explain(&inner).await,
+            SluiceStatement::Subscribe(sub) => self.subscribe(sub).await,
             SluiceStatement::Sql(stmt) => self.execute_sql(*stmt, sql, params, session).await,
         }
     }
 
     async fn execute_sql(self: &Arc<Self>, stmt: Statement, sql: &str, params: Option<ParamValues>, session: &Session) -> SqlResult<Output> {
         match stmt {
-            Statement::Query(_) => {
+            Statement::Query(ref q) => {
+                let q = q.clone();
                 let plan = self.df_plan(stmt, params).await?;
                 let df = self.ctx.execute_logical_plan(plan).await?;
-                let schema = Arc::new(df.schema().as_arrow().clone());
-                let batches = df.collect().await?;
-                Ok(Output::Rows { schema, batches })
+                crate::streaming::select(df, &q).await
             }
             Statement::Insert(ins) => self.insert(ins, sql, params, session).await,
             Statement::Update(u) => {
@@ -424,7 +449,7 @@ impl Engine {
             }
             Statement::Copy { source, to, target, options, legacy_options, .. } => {
                 if to {
-                    return Err(SqlError::unsupported("COPY TO; use SELECT"));
+                    return self.copy_out(source, target, &options, &legacy_options, params).await;
                 }
                 if !matches!(target, CopyTarget::Stdin) {
                     return Err(SqlError::unsupported("COPY FROM a file; use COPY ... FROM STDIN (psql's \\copy)"));
@@ -451,20 +476,25 @@ impl Engine {
                     columns.iter().map(|c| fields.field_with_name(c).cloned()).collect::<Result<_, _>>()?;
                 Ok(Output::CopyIn(CopyInTarget { table: name, columns, schema: Arc::new(Schema::new(fields)), format }))
             }
-            Statement::Set(_) => Ok(Output::Command { tag: "SET".into(), notice: None }),
+            Statement::Set(set) => match crate::pg_params::option_assignment(&set) {
+                // Flink's `SET key = value` without quotes is Sluice's `SET 'key' = 'value'`.
+                Some((key, value)) => self.set_option(session, &key, &value),
+                None => crate::pg_params::execute_set(session, &set),
+            },
+            Statement::Reset(r) => crate::pg_params::execute_reset(session, &r.reset),
             Statement::StartTransaction { .. } => Ok(Output::Command { tag: "BEGIN".into(), notice: None }),
+            // Prepared statements live in the protocol's portal store; `DEALLOCATE [ALL]`, which
+            // SQLAlchemy and pgJDBC send on reset, has nothing to release here.
+            Statement::Deallocate { .. } => Ok(Output::Command { tag: "DEALLOCATE".into(), notice: None }),
             Statement::Commit { .. } => Ok(Output::Command { tag: "COMMIT".into(), notice: None }),
             Statement::Rollback { .. } => Ok(Output::Command { tag: "ROLLBACK".into(), notice: None }),
+            // Drivers open savepoints around statements (psycopg's nested transactions);
+            // Sluice's statements are each atomic, so a savepoint marks nothing.
+            Statement::Savepoint { .. } => Ok(Output::Command { tag: "SAVEPOINT".into(), notice: None }),
+            Statement::ReleaseSavepoint { .. } => Ok(Output::Command { tag: "RELEASE".into(), notice: None }),
             Statement::ShowVariable { variable } => {
-                let name = variable.iter().map(|i| i.value.to_lowercase()).collect::<Vec<_>>().join(" ");
-                let value = match name.as_str() {
-                    "transaction isolation level" | "transaction_isolation" => "read committed",
-                    "server_version" => "15.0 (Sluice)",
-                    "standard_conforming_strings" => "on",
-                    "timezone" => "UTC",
-                    _ => "",
-                };
-                one_row(&[&name], vec![value.to_string()])
+                let name = variable.iter().map(|i| i.value.clone()).collect::<Vec<_>>().join(" ");
+                crate::pg_params::show(session, &name)
             }
             other => Err(SqlError::unsupported(format!(
                 "the statement {} is not supported",
@@ -474,6 +504,7 @@ impl Engine {
     }
 
     pub(crate) async fn df_plan(&self, stmt: Statement, params: Option<ParamValues>) -> SqlResult<LogicalPlan> {
+        let stmt = crate::pg_catalog::rewrite::rewrite(stmt);
         let plan = self.ctx.state().statement_to_plan(DfStatement::Statement(Box::new(stmt))).await?;
         Ok(match params {
             Some(p) => plan.with_param_values(p)?,
@@ -484,6 +515,9 @@ impl Engine {
     /// Plans a statement without running it: the parameter types and the row schema (None when
     /// it returns no rows), for the extended protocol's Describe.
     pub async fn describe(&self, sql: &str) -> SqlResult<(Vec<Option<DataType>>, Option<SchemaRef>)> {
+        if crate::auth::roles::is_role_statement(sql) {
+            return Ok((vec![], None));
+        }
         let stmt = parse_statement(sql)?;
         let fixed = |cols: &[&str]| Ok((vec![], Some(text_schema(cols))));
         match stmt {
@@ -492,18 +526,26 @@ impl Engine {
             SluiceStatement::ShowCreateTable(_) => fixed(&["create_table"]),
             SluiceStatement::Describe(_) => Ok((vec![], Some(describe_schema()))),
             SluiceStatement::Explain(_) => fixed(&["plan_type", "plan"]),
+            SluiceStatement::Subscribe(sub) => Ok((vec![], Some(self.subscription_schema(&sub).await?))),
             SluiceStatement::Sql(s) => match *s {
-                Statement::Query(_) => {
+                Statement::Query(ref q) => {
+                    let q = q.clone();
                     let plan = self.df_plan(*s, None).await?;
-                    Ok((param_types(&plan)?, Some(Arc::new(plan.schema().as_arrow().clone()))))
+                    let schema = crate::pg_names::rename(&Arc::new(plan.schema().as_arrow().clone()), &q);
+                    let mut types = param_types(&plan)?;
+                    crate::params::cast_types(&Statement::Query(q), &mut types);
+                    Ok((types, Some(schema)))
                 }
                 Statement::Insert(ref ins) if ins.source.as_ref().map(|q| !reads_tables(q)).unwrap_or(false) => {
+                    let stmt = (*s).clone();
                     let plan = self.df_plan(*s, None).await?;
-                    Ok((param_types(&plan)?, None))
+                    let mut types = param_types(&plan)?;
+                    crate::params::cast_types(&stmt, &mut types);
+                    Ok((types, None))
                 }
                 Statement::ShowVariable { ref variable } => {
-                    let name = variable.iter().map(|i| i.value.to_lowercase()).collect::<Vec<_>>().join(" ");
-                    Ok((vec![], Some(text_schema(&[&name]))))
+                    let name = variable.iter().map(|i| i.value.clone()).collect::<Vec<_>>().join(" ");
+                    Ok((vec![], Some(text_schema(&[&crate::pg_params::canonical_name(&name)]))))
                 }
                 Statement::Update(_) | Statement::Delete(_) => Ok((placeholder_count_types(sql), None)),
                 _ => Ok((vec![], None)),

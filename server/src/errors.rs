@@ -76,19 +76,35 @@ fn classify_datafusion(e: &DataFusionError) -> &'static str {
     }
 }
 
+/// A DataFusion error's text as a SQL user reads it: the innermost cause of a chain
+/// (`Optimizer rule 'simplify_expressions' failed caused by Arrow error: ...` is about the
+/// statement, not the optimizer), without DataFusion's and Arrow's kind prefixes, and worded as
+/// PostgreSQL words the errors of a value (22003, 22012).
+fn sql_message(code: &str, text: &str) -> String {
+    let inner = text.rsplit("caused by").next().unwrap_or(text).trim();
+    let mut msg = inner;
+    for prefix in ["Error during planning: ", "Schema error: ", "Execution error: ", "Arrow error: ", "SQL error: ", "Compute error: ", "Arithmetic overflow: ", "Divide by zero error"] {
+        msg = msg.trim_start_matches(prefix).trim_start();
+    }
+    match code {
+        "22003" if !msg.contains("out of range") => format!("value out of range: {msg}"),
+        "22012" => "division by zero".to_string(),
+        _ if msg.is_empty() => inner.to_string(),
+        _ => msg.to_string(),
+    }
+}
+
 impl From<DataFusionError> for SqlError {
     fn from(e: DataFusionError) -> Self {
+        // A SQL error carried through a DataFusion stream (a canceled statement's rows, see
+        // `crate::cancel`) keeps its SQLSTATE.
+        if let DataFusionError::External(inner) = &e {
+            if let Some(s) = inner.downcast_ref::<SqlError>() {
+                return s.clone();
+            }
+        }
         let code = classify_datafusion(&e);
-        let msg = e.to_string();
-        // DataFusion prefixes messages with its error kind; keep the part a user needs.
-        let msg = msg
-            .trim_start_matches("Error during planning: ")
-            .trim_start_matches("Schema error: ")
-            .trim_start_matches("Execution error: ")
-            .trim_start_matches("Arrow error: ")
-            .trim_start_matches("SQL error: ")
-            .to_string();
-        SqlError { code, message: msg }
+        SqlError { code, message: sql_message(code, &e.to_string()) }
     }
 }
 
@@ -184,3 +200,16 @@ impl From<SqlError> for PgWireError {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::sql_message;
+
+    #[test]
+    fn messages_speak_sql() {
+        let overflow = "Optimizer rule 'simplify_expressions' failed\ncaused by\nArrow error: Arithmetic overflow: Overflow happened on: 9223372036854775807 + 1";
+        assert_eq!(sql_message("22003", overflow), "value out of range: Overflow happened on: 9223372036854775807 + 1");
+        assert_eq!(sql_message("22012", "Arrow error: Divide by zero error"), "division by zero");
+        assert_eq!(sql_message("42P01", "Error during planning: table 'sluice.public.x' not found"), "table 'sluice.public.x' not found");
+    }
+}

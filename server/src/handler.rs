@@ -11,7 +11,7 @@ use arrow::datatypes::DataType;
 use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
 use async_trait::async_trait;
 use futures::{stream, Sink, SinkExt};
-use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::auth::StartupHandler;
 use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -23,7 +23,10 @@ use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::response::NoticeResponse;
-use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::data::{NoData, ParameterDescription};
+use pgwire::messages::extendedquery::{Describe, Execute, TARGET_TYPE_BYTE_STATEMENT};
+use pgwire::messages::startup::ParameterStatus;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
 use crate::copy::CopyParser;
 use crate::engine::{Engine, Output};
@@ -34,26 +37,51 @@ use crate::session::{CopyIn, Session};
 pub struct Handler {
     engine: Arc<Engine>,
     parser: Arc<SluiceParser>,
+    startup: crate::pg_params::Startup,
+    /// Client authentication, before `startup` ([`crate::auth`]).
+    auth: Arc<crate::auth::Authenticator>,
+    /// The sessions cancel requests can reach ([`crate::cancel`]).
+    cancels: crate::cancel::Cancels,
 }
 
 impl Handler {
-    /// A handler over `engine`.
-    pub fn new(engine: Arc<Engine>) -> Arc<Handler> {
-        Arc::new(Handler { engine, parser: Arc::new(SluiceParser) })
+    /// A handler over `engine`, authenticating clients with `auth`.
+    pub fn new(engine: Arc<Engine>, auth: Arc<crate::auth::Authenticator>) -> Arc<Handler> {
+        Arc::new(Handler { engine, parser: Arc::new(SluiceParser), startup: Default::default(), auth, cancels: Default::default() })
     }
 
     /// Runs one statement for `session`: the engine executes it, the session applies the
     /// transaction-block rules to its result.
-    async fn run(&self, session: &Session, sql: &str, params: Option<datafusion::common::ParamValues>) -> SqlResult<Output> {
-        session.after(self.engine.execute_for(session, sql, params).await?)
+    /// A statement that fails inside a block aborts it (see [`Session::before`]).
+    /// A cancel request or `statement_timeout` stops it (see [`crate::cancel`]).
+    async fn run(
+        &self,
+        session: &Arc<Session>,
+        sql: &str,
+        params: Option<datafusion::common::ParamValues>,
+        cancel: &mut crate::cancel::StatementCancel,
+    ) -> SqlResult<Output> {
+        session.before(sql)?;
+        // The session's parameters are what `current_setting` and `pg_settings` show.
+        match cancel.run(crate::pg_catalog::in_session(session.clone(), self.engine.execute_for(session, sql, params))).await {
+            Ok(o) => session.after(cancel.guard_output(o)),
+            Err(e) => {
+                session.failed();
+                Err(e)
+            }
+        }
     }
 
-    async fn respond<C>(&self, client: &mut C, out: Output, format: &Format) -> PgWireResult<Response>
+    async fn respond<C>(&self, client: &mut C, out: Output, format: &Format, cancel: &mut crate::cancel::StatementCancel) -> PgWireResult<Response>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        // ParameterStatus for the reported parameters a SET changed, as PostgreSQL sends them.
+        for (k, v) in Session::of(client).with_params(|p| p.take_pending()) {
+            client.send(PgWireBackendMessage::ParameterStatus(ParameterStatus::new(k, v))).await?;
+        }
         Ok(match out {
             Output::Rows { schema, batches } => {
                 let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, None)?);
@@ -69,8 +97,16 @@ impl Handler {
                     let info = ErrorInfo::new("NOTICE".to_owned(), "00000".to_owned(), n);
                     client.send(PgWireBackendMessage::NoticeResponse(NoticeResponse::from(info))).await?;
                 }
-                Response::Execution(Tag::new(&tag))
+                // pgwire derives ReadyForQuery's transaction status from these.
+                match tag.as_str() {
+                    "BEGIN" => Response::TransactionStart(Tag::new(&tag)),
+                    "COMMIT" | "ROLLBACK" => Response::TransactionEnd(Tag::new(&tag)),
+                    _ => Response::Execution(Tag::new(&tag)),
+                }
             }
+            Output::Live(live) => cancel.run_pg(crate::subscribe::deliver(client, live, format)).await?,
+            Output::CopyOut(copy) => crate::copy_out::completion(crate::copy_out::send(client, copy, cancel).await?),
+            Output::Stream(rows) => Response::Query(crate::streaming::into_response(rows, format, Session::of(client))?),
             Output::CopyIn(target) => {
                 let columns = target.columns.len();
                 let parser = CopyParser::new(target.format.clone(), target.schema.clone());
@@ -83,7 +119,7 @@ impl Handler {
 
 /// A SQL error as pgwire's error (outside the generic handlers, whose bounds make `From`
 /// ambiguous).
-fn to_pg(e: SqlError) -> PgWireError {
+pub(crate) fn to_pg(e: SqlError) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".to_owned(), e.code.to_owned(), e.message)))
 }
 
@@ -114,17 +150,50 @@ impl SimpleQueryHandler for Handler {
         };
         let session = Session::of(client);
         let mut out = Vec::new();
-        for sql in stmts {
-            tracing::debug!(sql = %sluice_connectors::options::redact_sql(&sql), "simple query");
-            match self.run(&session, &sql, None).await {
-                Ok(o) => {
+        let n = stmts.len();
+        for (i, sql) in stmts.into_iter().enumerate() {
+            tracing::debug!(sql = %crate::auth::redact_sql(&sql), "simple query");
+            let mut cancel = crate::cancel::StatementCancel::begin(client, &session, &sql).await;
+            // Rows that later statements follow are read before those run.
+            match crate::streaming::settle(self.run(&session, &sql, None, &mut cancel).await, &session, i + 1 < n).await {
+                Ok(mut o) => {
+                    if let Output::Live(live) = &mut o {
+                        live.send_describe = true;
+                    }
                     let copy = matches!(o, Output::CopyIn(_));
-                    out.push(self.respond(client, o, &Format::UnifiedText).await?);
+                    let format = crate::streaming::simple_format(&o);
+                    // COPY TO sends its data now: the answers of the statements before it first.
+                    let earlier = match o {
+                        Output::CopyOut(_) if !out.is_empty() => Some(crate::copy_out::send_earlier(client, &mut out).await?),
+                        _ => None,
+                    };
+                    let r = self.respond(client, o, &format, &mut cancel).await?;
+                    out.push(match earlier {
+                        Some(status) => crate::copy_out::carry_status(r, status),
+                        None => r,
+                    });
                     if copy {
                         break;
                     }
                 }
                 Err(e) => {
+                    // pgwire moves an open block's status to E on an error; a failed ROLLBACK
+                    // (25000) has ended the block, so the status must be I: answer what came
+                    // before here, and the error as this call's error.
+                    if session.status() == pgwire::messages::response::TransactionStatus::Idle && block_open(client.transaction_status(), &out) {
+                        for r in out.drain(..) {
+                            match r {
+                                Response::Query(q) => pgwire::api::query::send_query_response(client, q, true).await?,
+                                Response::Execution(t) | Response::TransactionStart(t) | Response::TransactionEnd(t) => {
+                                    pgwire::api::query::send_execution_response(client, t).await?
+                                }
+                                Response::Error(e) => client.feed(PgWireBackendMessage::ErrorResponse((*e).into())).await?,
+                                _ => {}
+                            }
+                        }
+                        client.set_transaction_status(pgwire::messages::response::TransactionStatus::Idle);
+                        return Err(to_pg(e));
+                    }
                     out.push(error_response(e));
                     break;
                 }
@@ -132,6 +201,20 @@ impl SimpleQueryHandler for Handler {
         }
         Ok(out)
     }
+}
+
+/// Whether pgwire, starting from `status`, sees a block open after `responses`.
+fn block_open(status: pgwire::messages::response::TransactionStatus, responses: &[Response]) -> bool {
+    let mut s = status;
+    for r in responses {
+        s = match r {
+            Response::TransactionStart(_) => s.to_in_transaction_state(),
+            Response::TransactionEnd(_) => s.to_idle_state(),
+            Response::Error(_) => s.to_error_state(),
+            _ => s,
+        };
+    }
+    s != pgwire::messages::response::TransactionStatus::Idle
 }
 
 /// Keeps the statement text; planning happens at Describe and Execute.
@@ -166,9 +249,50 @@ impl ExtendedQueryHandler for Handler {
         self.parser.clone()
     }
 
+    /// As pgwire's, except that a statement without rows answers ParameterDescription and
+    /// NoData, as PostgreSQL does (pgwire sends an empty RowDescription when it has parameters).
+    async fn on_describe<C>(&self, client: &mut C, message: Describe) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: pgwire::api::store::PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        use pgwire::api::store::PortalStore;
+        if crate::cursors::describe_portal(client, &message).await? {
+            return Ok(());
+        }
+        if message.target_type == TARGET_TYPE_BYTE_STATEMENT {
+            let name = message.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME);
+            if let Some(pgwire::api::store::Entry::Value(stmt)) = client.portal_store().get_statement(name) {
+                let r = self.do_describe_statement(client, &stmt).await?;
+                if r.fields.is_empty() {
+                    let oids = r.parameters.iter().map(|t| t.oid()).collect();
+                    client.send(PgWireBackendMessage::ParameterDescription(ParameterDescription::new(oids))).await?;
+                    client.send(PgWireBackendMessage::NoData(NoData::new())).await?;
+                    return Ok(());
+                }
+                return pgwire::api::query::send_describe_response(client, &r).await;
+            }
+        }
+        self._on_describe(client, message).await
+    }
+
+    /// Sends a portal's rows as they are produced, at most the row limit of the `Execute`,
+    /// then `PortalSuspended` until the rows end (see [`crate::streaming::execute`]).
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: pgwire::api::store::PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        crate::streaming::execute(self, client, message).await
+    }
+
     async fn do_describe_statement<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         stmt: &StoredStatement<Self::Statement>,
     ) -> PgWireResult<DescribeStatementResponse>
     where
@@ -177,7 +301,7 @@ impl ExtendedQueryHandler for Handler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let (types, schema) = self.engine.describe(&stmt.statement).await.map_err(to_pg)?;
+        let (types, schema) = crate::cursors::describe(&self.engine, &Session::of(client), &stmt.statement).await.map_err(to_pg)?;
         let n = types.len().max(stmt.parameter_types.len());
         let mut params = Vec::with_capacity(n);
         for i in 0..n {
@@ -193,7 +317,7 @@ impl ExtendedQueryHandler for Handler {
 
     async fn do_describe_portal<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         portal: &Portal<Self::Statement>,
     ) -> PgWireResult<DescribePortalResponse>
     where
@@ -202,7 +326,7 @@ impl ExtendedQueryHandler for Handler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let (_, schema) = self.engine.describe(&portal.statement.statement).await.map_err(to_pg)?;
+        let (_, schema) = crate::cursors::describe(&self.engine, &Session::of(client), &portal.statement.statement).await.map_err(to_pg)?;
         Ok(DescribePortalResponse::new(describe_fields(schema, &portal.result_column_format)?))
     }
 
@@ -215,14 +339,20 @@ impl ExtendedQueryHandler for Handler {
     {
         let sql = &portal.statement.statement;
         let params = if portal.parameter_len() > 0 {
-            let (types, _): (Vec<Option<DataType>>, _) = self.engine.describe(sql).await.map_err(to_pg)?;
+            let (types, _): (Vec<Option<DataType>>, _) = crate::cursors::describe(&self.engine, &Session::of(client), sql).await.map_err(to_pg)?;
             Some(crate::params::bind(portal, &types).map_err(to_pg)?)
         } else {
             None
         };
-        match self.run(&Session::of(client), sql, params).await {
-            Ok(o) => self.respond(client, o, &portal.result_column_format).await,
-            Err(e) => Err(to_pg(e)),
+        let session = Session::of(client);
+        let mut cancel = crate::cancel::StatementCancel::begin(client, &session, sql).await;
+        match self.run(&session, sql, params, &mut cancel).await {
+            Ok(o) => self.respond(client, o, &portal.result_column_format, &mut cancel).await,
+            Err(e) => {
+                // pgwire's error path reports this status moved to E when a block is open.
+                client.set_transaction_status(session.status());
+                Err(to_pg(e))
+            }
         }
     }
 }
@@ -286,7 +416,19 @@ impl CopyHandler for Handler {
     }
 }
 
-impl NoopStartupHandler for Handler {}
+#[async_trait]
+impl StartupHandler for Handler {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.auth.on_startup(client, message, &self.startup).await?;
+        self.cancels.register(client);
+        Ok(())
+    }
+}
 
 /// The handler factory pgwire asks for each connection.
 pub struct Handlers(pub Arc<Handler>);
@@ -300,11 +442,15 @@ impl PgWireServerHandlers for Handlers {
         self.0.clone()
     }
 
-    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
         self.0.clone()
     }
 
     fn copy_handler(&self) -> Arc<impl CopyHandler> {
         self.0.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        Arc::new(self.0.cancels.clone())
     }
 }

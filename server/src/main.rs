@@ -37,6 +37,9 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // The password is in `config` now: processes the daemon starts need not inherit it. No
+    // other thread runs yet.
+    std::env::remove_var("SLUICE_PASSWORD");
     let filter = std::env::var("RUST_LOG").ok().map(EnvFilter::new).unwrap_or_else(|| EnvFilter::new(&config.log));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let rt = tokio::runtime::Builder::new_multi_thread()

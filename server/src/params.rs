@@ -79,6 +79,51 @@ pub fn bind<S: Clone>(portal: &Portal<S>, types: &[Option<DataType>]) -> SqlResu
     Ok(ParamValues::List(out))
 }
 
+/// Fills in the types of `$n` placeholders DataFusion left untyped from their casts in `stmt`
+/// (`$1::int8`, `CAST($2 AS TEXT)`), as PostgreSQL infers a parameter's type from a cast
+/// (docs "PREPARE": "a parameter's data type ... is inferred from the context"). `types` grows
+/// to the highest placeholder cast.
+pub fn cast_types(stmt: &sqlparser::ast::Statement, types: &mut Vec<Option<DataType>>) {
+    use sqlparser::ast::{Expr, Value};
+    let _ = sqlparser::ast::visit_expressions(stmt, |e| {
+        if let Expr::Cast { expr, data_type, .. } = e {
+            if let Expr::Value(v) = expr.as_ref() {
+                if let Value::Placeholder(p) = &v.value {
+                    let n = p.trim_start_matches('$').parse::<usize>().ok().filter(|n| *n >= 1);
+                    if let (Some(n), Some(t)) = (n, sql_type(data_type)) {
+                        if types.len() < n {
+                            types.resize(n, None);
+                        }
+                        if types[n - 1].is_none() {
+                            types[n - 1] = Some(t);
+                        }
+                    }
+                }
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+}
+
+/// The Arrow type Sluice stores a SQL type as, for the types parameters are cast to.
+fn sql_type(t: &sqlparser::ast::DataType) -> Option<DataType> {
+    use sqlparser::ast::{DataType as T, TimezoneInfo};
+    Some(match t {
+        T::SmallInt(_) | T::Int2(_) => DataType::Int16,
+        T::Int(_) | T::Integer(_) | T::Int4(_) => DataType::Int32,
+        T::BigInt(_) | T::Int8(_) => DataType::Int64,
+        T::Real | T::Float4 => DataType::Float32,
+        T::Double(_) | T::DoublePrecision | T::Float8 => DataType::Float64,
+        T::Boolean | T::Bool => DataType::Boolean,
+        T::Text | T::String(_) | T::Varchar(_) | T::CharacterVarying(_) => DataType::Utf8,
+        T::Date => DataType::Date32,
+        T::Timestamp(_, TimezoneInfo::WithTimeZone | TimezoneInfo::Tz) => DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+        T::Timestamp(_, _) => DataType::Timestamp(TimeUnit::Microsecond, None),
+        T::Bytea => DataType::Binary,
+        _ => return None,
+    })
+}
+
 /// The size of a fixed-size type's binary form, as PostgreSQL's `*recv` functions read it.
 fn binary_size(t: &Type) -> Option<usize> {
     Some(match *t {

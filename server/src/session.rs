@@ -11,15 +11,24 @@
 //! 25000 (`invalid_transaction_state`) and says the changes were already committed, instead of
 //! answering `ROLLBACK` as if they were undone. A `ROLLBACK` of a block that only read is fine.
 //! Either way the block ends.
+//!
+//! As in PostgreSQL (docs "55.2.2. Simple Query" and `ReadyForQuery`), a statement that fails
+//! inside a block puts it in the aborted state: every later statement but `ROLLBACK` and
+//! `COMMIT` fails with 25P02 until the block ends, and `COMMIT` of an aborted block answers
+//! `ROLLBACK` (or fails with 25000, as `ROLLBACK` does, when the block changed something before
+//! the error: those changes stay committed). [`Session::status`] is what `ReadyForQuery` reports.
+//! The session's PostgreSQL parameters (`SET TimeZone ...`) are [`crate::pg_params`]'s.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use pgwire::api::ClientInfo;
+use pgwire::messages::response::TransactionStatus;
 
 use crate::copy::CopyParser;
 use crate::engine::{CopyInTarget, Output};
 use crate::errors::{SqlError, SqlResult};
+use crate::pg_params::SessionParams;
 
 /// How many of a block's changes the `ROLLBACK` error names.
 const NAMED_CHANGES: usize = 5;
@@ -39,21 +48,68 @@ struct State {
     /// `Some` inside a `BEGIN` block: the command tags of the statements that changed data or
     /// the catalog in it.
     block: Option<Vec<String>>,
+    /// A statement failed inside the block: only `ROLLBACK` and `COMMIT` run until it ends.
+    aborted: bool,
     copy: Option<CopyIn>,
     /// `SET 'key' = 'value'` options, keys lower-cased.
     options: BTreeMap<String, String>,
+    /// PostgreSQL session parameters (`SET TimeZone = ...`, start-up parameters).
+    params: SessionParams,
 }
 
 /// The state of one client connection.
 #[derive(Default)]
 pub struct Session {
     state: Mutex<State>,
+    /// The cursors of `DECLARE` ([`crate::cursors`]).
+    pub(crate) cursors: crate::cursors::Cursors,
+    /// The role the client logged in as ([`crate::auth`]); unset for statements the daemon
+    /// runs itself.
+    pub(crate) role: std::sync::OnceLock<crate::auth::SessionRole>,
 }
 
 impl Session {
     /// The session of `client`'s connection (created on first use).
     pub fn of<C: ClientInfo + ?Sized>(client: &C) -> Arc<Session> {
         client.session_extensions().get_or_insert_with(Session::default)
+    }
+
+    /// Checks that `sql` may run: inside an aborted block only `ROLLBACK` and `COMMIT` (and
+    /// their spellings `ABORT`, `END`) do.
+    ///
+    /// Errors: 25P02 `current transaction is aborted` for any other statement.
+    pub fn before(&self, sql: &str) -> SqlResult<()> {
+        if !self.state.lock().unwrap().aborted {
+            return Ok(());
+        }
+        let first = sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("").to_uppercase();
+        if matches!(first.as_str(), "ROLLBACK" | "COMMIT" | "ABORT" | "END") {
+            return Ok(());
+        }
+        Err(SqlError::new("25P02", "current transaction is aborted, commands ignored until end of transaction block"))
+    }
+
+    /// Records that a statement failed: inside a block, the block is aborted.
+    pub fn failed(&self) {
+        let mut st = self.state.lock().unwrap();
+        if st.block.is_some() {
+            st.aborted = true;
+        }
+    }
+
+    /// The transaction status `ReadyForQuery` reports: idle, in a block, or in an aborted block.
+    pub fn status(&self) -> TransactionStatus {
+        let st = self.state.lock().unwrap();
+        match (&st.block, st.aborted) {
+            (None, _) => TransactionStatus::Idle,
+            (Some(_), false) => TransactionStatus::Transaction,
+            (Some(_), true) => TransactionStatus::Error,
+        }
+    }
+
+    /// Runs `f` on the session's PostgreSQL parameters.
+    pub fn with_params<R>(&self, f: impl FnOnce(&mut SessionParams) -> R) -> R {
+        f(&mut self.state.lock().unwrap().params)
     }
 
     /// Applies the transaction-block rules to a statement's result: `BEGIN` opens a block,
@@ -67,6 +123,10 @@ impl Session {
             other => return Ok(other),
         };
         let mut st = self.state.lock().unwrap();
+        if matches!(tag.as_str(), "COMMIT" | "ROLLBACK") && st.block.is_some() {
+            // The block ends, and with it its cursors (see `crate::cursors`).
+            self.cursors.end_block(tag == "COMMIT" && !st.aborted);
+        }
         let notice = match tag.as_str() {
             "BEGIN" if st.block.is_some() => Some("there is already a transaction in progress".to_string()),
             "BEGIN" => {
@@ -74,11 +134,20 @@ impl Session {
                 notice
             }
             "COMMIT" | "ROLLBACK" if st.block.is_none() => Some("there is no transaction in progress".to_string()),
+            "COMMIT" if st.aborted => {
+                st.aborted = false;
+                let changes = st.block.take().unwrap_or_default();
+                if !changes.is_empty() {
+                    return Err(rollback_error(&changes));
+                }
+                return Ok(Output::Command { tag: "ROLLBACK".into(), notice });
+            }
             "COMMIT" => {
                 st.block = None;
                 notice
             }
             "ROLLBACK" => {
+                st.aborted = false;
                 let changes = st.block.take().unwrap_or_default();
                 if !changes.is_empty() {
                     return Err(rollback_error(&changes));
@@ -204,5 +273,30 @@ mod tests {
         s.after(cmd("COMMIT")).unwrap();
         s.after(cmd("BEGIN")).unwrap();
         assert_eq!(tag(s.after(cmd("ROLLBACK"))), "ROLLBACK");
+    }
+
+    #[test]
+    fn an_error_aborts_the_block() {
+        let s = Session::default();
+        assert_eq!(s.status(), TransactionStatus::Idle);
+        s.failed();
+        assert_eq!(s.status(), TransactionStatus::Idle);
+        s.after(cmd("BEGIN")).unwrap();
+        assert_eq!(s.status(), TransactionStatus::Transaction);
+        s.before("SELECT 1").unwrap();
+        s.failed();
+        assert_eq!(s.status(), TransactionStatus::Error);
+        assert_eq!(s.before("SELECT 1").unwrap_err().code, "25P02");
+        s.before(" commit").unwrap();
+        assert_eq!(tag(s.after(cmd("COMMIT"))), "ROLLBACK");
+        assert_eq!(s.status(), TransactionStatus::Idle);
+        s.before("SELECT 1").unwrap();
+
+        // An aborted block that wrote: COMMIT cannot roll its changes back either.
+        s.after(cmd("BEGIN")).unwrap();
+        s.after(cmd("INSERT 0 1")).unwrap();
+        s.failed();
+        assert!(tag(s.after(cmd("COMMIT"))).starts_with("25000"));
+        assert_eq!(s.status(), TransactionStatus::Idle);
     }
 }

@@ -16,7 +16,7 @@ async fn extended_protocol_copy_and_errors() {
     exec(&c, "CREATE TABLE t (id BIGINT, name STRING, amount DOUBLE, ts TIMESTAMP(3), ok BOOLEAN)").await;
 
     // Parse with parameter types inferred by the server, Bind, Execute.
-    let ins = c.prepare("INSERT INTO t VALUES ($1, $2, $3, CAST($4 AS TIMESTAMP), $5)").await.unwrap();
+    let ins = c.prepare("INSERT INTO t VALUES ($1, $2, $3, CAST(CAST($4 AS TEXT) AS TIMESTAMP), $5)").await.unwrap();
     c.execute(&ins, &[&1i64, &"ana", &1.5f64, &"2024-01-01 10:00:00", &true]).await.unwrap();
     c.execute(&ins, &[&2i64, &None::<String>, &2.5f64, &"2024-01-01 11:00:00", &false]).await.unwrap();
 

@@ -63,6 +63,10 @@ pub struct ServerProcess {
     extra_args: Vec<String>,
     /// Environment variables set (`Some`) or removed (`None`) for the daemon's next starts.
     env: Vec<(String, Option<String>)>,
+    /// Lines of the daemon's stderr that report a panic (`panicked at`), over all its starts.
+    panics: Arc<AtomicUsize>,
+    /// The threads reading the daemon's stdout and stderr.
+    drainers: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// The daemon shared by every connection of one test file (and by `RESTART`).
@@ -82,6 +86,8 @@ impl ServerProcess {
     /// Like [`ServerProcess::start`], with an explicit prefix for forwarded stderr lines.
     pub fn start_labeled(bin: &Path, data_dir: &Path, label: &str) -> Result<Self, String> {
         let mut server = ServerProcess {
+            panics: Arc::new(AtomicUsize::new(0)),
+            drainers: Vec::new(),
             bin: bin.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             label: label.to_string(),
@@ -103,6 +109,8 @@ impl ServerProcess {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "sluice".to_string());
         let mut server = ServerProcess {
+            panics: Arc::new(AtomicUsize::new(0)),
+            drainers: Vec::new(),
             bin: bin.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             label,
@@ -124,6 +132,8 @@ impl ServerProcess {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "sluice".to_string());
         let mut server = ServerProcess {
+            panics: Arc::new(AtomicUsize::new(0)),
+            drainers: Vec::new(),
             bin: bin.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             label,
@@ -135,6 +145,22 @@ impl ServerProcess {
         };
         server.spawn()?;
         Ok(server)
+    }
+
+    /// Stops the daemon ([`ServerProcess::stop`]) and waits until everything it wrote to
+    /// stdout and stderr was read, so that [`ServerProcess::panics_logged`] is final.
+    pub fn stop_and_drain(&mut self) -> Result<(), String> {
+        let stopped = self.stop();
+        for h in self.drainers.drain(..) {
+            let _ = h.join();
+        }
+        stopped
+    }
+
+    /// How many lines of the daemon's stderr reported a panic (`panicked at`), over all its
+    /// starts so far.
+    pub fn panics_logged(&self) -> usize {
+        self.panics.load(Ordering::Relaxed)
     }
 
     /// The port the daemon currently listens on (a new one after every restart).
@@ -285,10 +311,10 @@ impl ServerProcess {
 
         let (ready_tx, ready_rx) = mpsc::channel::<()>();
         if let Some(stdout) = child.stdout.take() {
-            spawn_drainer(stdout, self.label.clone(), false, ready_tx.clone());
+            self.drainers.extend(spawn_drainer(stdout, self.label.clone(), false, ready_tx.clone(), self.panics.clone()));
         }
         if let Some(stderr) = child.stderr.take() {
-            spawn_drainer(stderr, self.label.clone(), true, ready_tx);
+            self.drainers.extend(spawn_drainer(stderr, self.label.clone(), true, ready_tx, self.panics.clone()));
         } else {
             drop(ready_tx);
         }
@@ -340,7 +366,7 @@ impl Drop for ServerProcess {
 
 /// Reads `pipe` line by line until EOF so the daemon never blocks on a full pipe. Signals `ready`
 /// on the first line containing [`READY_MARKER`]; forwards lines to our stderr if `forward`.
-fn spawn_drainer<R: Read + Send + 'static>(pipe: R, label: String, forward: bool, ready: Sender<()>) {
+fn spawn_drainer<R: Read + Send + 'static>(pipe: R, label: String, forward: bool, ready: Sender<()>, panics: Arc<AtomicUsize>) -> Option<std::thread::JoinHandle<()>> {
     let spawned = std::thread::Builder::new()
         .name(format!("drain-{label}"))
         .spawn(move || {
@@ -360,13 +386,20 @@ fn spawn_drainer<R: Read + Send + 'static>(pipe: R, label: String, forward: bool
                         let _ = tx.send(());
                     }
                 }
+                if line.contains("panicked at") {
+                    panics.fetch_add(1, Ordering::Relaxed);
+                }
                 if forward {
                     eprintln!("[{label}] {line}");
                 }
             }
         });
-    if let Err(e) = spawned {
-        eprintln!("[sqllogictest] cannot spawn pipe drainer thread: {e}");
+    match spawned {
+        Ok(h) => Some(h),
+        Err(e) => {
+            eprintln!("[sqllogictest] cannot spawn pipe drainer thread: {e}");
+            None
+        }
     }
 }
 
