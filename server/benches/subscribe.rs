@@ -25,11 +25,25 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Writes `writes` rows one by one into `t` and times each until `subscription` shows a change
 /// whose value column `value_at` equals the row's sequence number.
-async fn measure(writer: &Client, reader: &Client, subscription: &str, value_at: usize, writes: i64) -> Option<Vec<Duration>> {
+/// Sequence numbers start after `base`; the first write that reaches the subscriber (retried
+/// every 200 ms, since writes before the subscription started are not changes of it) is not
+/// timed.
+async fn measure(writer: &Client, reader: &Client, subscription: &str, value_at: usize, base: i64, writes: i64) -> Option<Vec<Duration>> {
     let stream = reader.query_raw(subscription, Vec::<i64>::new()).await.unwrap();
     pin_mut!(stream);
+    let mut warm = base;
+    'warm: for _ in 0..50 {
+        warm += 1;
+        writer.batch_execute(&format!("INSERT INTO t VALUES ({warm}, {})", warm % 10)).await.unwrap();
+        while let Ok(Some(Ok(row))) = tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
+            let v: Option<i64> = row.get(value_at);
+            if v == Some(warm) {
+                break 'warm;
+            }
+        }
+    }
     let mut latencies = Vec::new();
-    for seq in 1..=writes {
+    for seq in warm + 1..=warm + writes {
         let sent = Instant::now();
         writer.batch_execute(&format!("INSERT INTO t VALUES ({seq}, {})", seq % 10)).await.unwrap();
         loop {
@@ -71,12 +85,12 @@ fn main() {
     rt.block_on(async {
         let (writer, reader) = (connect(server.port()).await, connect(server.port()).await);
         writer.batch_execute("CREATE TABLE t (seq BIGINT, k BIGINT)").await.unwrap();
-        if let Some(l) = measure(&writer, &reader, "SUBSCRIBE t WITH (SNAPSHOT = false)", 2, writes).await {
+        if let Some(l) = measure(&writer, &reader, "SUBSCRIBE t WITH (SNAPSHOT = false)", 2, 0, writes).await {
             report("SUBSCRIBE t", &l);
         }
         let reader = connect(server.port()).await;
         let agg = "SUBSCRIBE (SELECT k, max(seq) AS m FROM t GROUP BY k) WITH (SNAPSHOT = false)";
-        if let Some(l) = measure(&writer, &reader, agg, 3, writes).await {
+        if let Some(l) = measure(&writer, &reader, agg, 3, 1_000_000, writes).await {
             report("SUBSCRIBE (SELECT k, max(seq) ... GROUP BY k)", &l);
         }
     });
